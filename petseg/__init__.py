@@ -1,0 +1,1 @@
+"""petseg: Oxford-IIIT Pet trimap segmentation with Lightning + Hydra."""

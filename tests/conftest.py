@@ -1,0 +1,53 @@
+"""Shared fixtures: the real Hydra config composed at test size, and tiny on-disk datasets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PETS_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-mini"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The real config, as `python -m petseg.train <overrides>` would compose it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+
+
+@pytest.fixture
+def cfg_factory(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose at test size: 64 px, batch 2, no workers, outputs and data under tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            f"paths.root_dir={tmp_path}",
+            "data.image_size=64",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+        ]
+        cfg = compose_config([*base, *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pets_mini() -> Path:
+    """The real Oxford-IIIT Pet subset beside the project; tests using it skip when it is absent."""
+    if not (PETS_MINI / "oxford-iiit-pet" / "images").is_dir():
+        pytest.skip(f"real data subset not found at {PETS_MINI}")
+    return PETS_MINI
