@@ -1,0 +1,1 @@
+"""Oxford-IIIT Pet trimaps: reader, transforms, LightningDataModule and synthetic data."""

@@ -1,0 +1,129 @@
+"""LightningDataModule over Oxford-IIIT Pet trimaps (or the synthetic set in the same layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from petseg.data.oxford import BASE_FOLDER, PetTrimaps, find_base, read_split
+from petseg.data.synthetic import ensure_synthetic
+from petseg.data.transforms import eval_pipeline, train_pipeline
+from petseg.errors import ConfigError, DataError
+
+
+class PetDataModule(L.LightningDataModule):
+    """Train/val from a seeded split of `trainval`, test from the official `test` list."""
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        download: bool = True,
+        image_size: int = 128,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_classes: int = 3,
+        pin_memory: bool = True,
+        train_transforms: Sequence[A.BasicTransform] = (),
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if image_size < 8:
+            raise ConfigError(f"data.image_size must be >= 8, got {image_size}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.root = Path(root)
+        self.download = download
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.num_classes = num_classes
+        self.pin_memory = pin_memory
+        self.train_transforms = list(train_transforms)
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.train_set: PetTrimaps | None = None
+        self.val_set: PetTrimaps | None = None
+        self.test_set: PetTrimaps | None = None
+
+    def prepare_data(self) -> None:
+        """Runs once per node: make the synthetic set, or download the real one when allowed."""
+        if self.synthetic:
+            ensure_synthetic(self.root, **self.synthetic)
+        elif find_base(self.root) is None and self.download:
+            from torchvision.datasets import OxfordIIITPet
+
+            OxfordIIITPet(str(self.root), target_types="segmentation", download=True)
+
+    def base(self) -> Path:
+        base = find_base(self.root)
+        if base is None:
+            hint = (
+                "set data.download=true to fetch it"
+                if not self.download
+                else "the download did not produce it; check network access"
+            )
+            raise DataError(
+                f"data.root={self.root}: no Oxford-IIIT Pet dataset there (expected "
+                f"{self.root / BASE_FOLDER}/images and annotations/trimaps); {hint}, or point "
+                "data.root at the folder that holds oxford-iiit-pet/"
+            )
+        return base
+
+    def split_names(self) -> tuple[list[str], list[str]]:
+        """Seeded train/val split of trainval; the same seed gives the same split on any machine."""
+        names = sorted(set(read_split(self.base(), "trainval")))
+        order = np.random.default_rng(self.split_seed).permutation(len(names))
+        num_val = max(1, round(len(names) * self.val_fraction))
+        if num_val >= len(names):
+            raise ConfigError(
+                f"data.val_fraction={self.val_fraction} leaves no training images out of {len(names)}"
+            )
+        val = [names[i] for i in sorted(order[:num_val])]
+        train = [names[i] for i in sorted(order[num_val:])]
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        base = self.base()
+        # Decode JPEGs at a reduced scale that still covers the model's input size.
+        draft = self.image_size
+        evaluate = eval_pipeline(self.image_size)
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            train, val = self.split_names()
+            augment = train_pipeline(self.image_size, self.train_transforms)
+            self.train_set = PetTrimaps(base, train, augment, draft)
+            self.val_set = PetTrimaps(base, val, evaluate, draft)
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = PetTrimaps(base, read_split(base, "test"), evaluate, draft)
+
+    def _loader(self, dataset: PetTrimaps | None, shuffle: bool) -> DataLoader:
+        assert dataset is not None, "call setup() first"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

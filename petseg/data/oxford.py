@@ -1,0 +1,121 @@
+"""Reader of the official Oxford-IIIT Pet layout (images/*.jpg, annotations/trimaps/*.png, split lists)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from petseg.errors import DataError
+
+# torchvision's OxfordIIITPet downloads into <root>/oxford-iiit-pet; we read the same folder.
+BASE_FOLDER = "oxford-iiit-pet"
+NUM_CLASSES = 3  # trimap 1 pet, 2 background, 3 border -> labels 0, 1, 2
+
+Transform = Callable[..., dict]
+
+
+def find_base(root: str | Path) -> Path | None:
+    """The folder holding images/ and annotations/: <root>/oxford-iiit-pet, or root itself."""
+    root = Path(root)
+    for base in (root / BASE_FOLDER, root):
+        if (base / "images").is_dir() and (base / "annotations" / "trimaps").is_dir():
+            return base
+    return None
+
+
+def read_split(base: Path, split: str) -> list[str]:
+    """Image names of an official split list (`trainval` or `test`): first word of each line."""
+    path = base / "annotations" / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(f"{path}: split list not found; the official layout has annotations/{split}.txt")
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line.split()[0])
+    if not names:
+        raise DataError(f"{path}: split list is empty")
+    return names
+
+
+def load_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 (H, W, 3) and the file's full (H, W).
+
+    With draft_size, a JPEG decodes at 1/2, 1/4 or 1/8 scale while staying >= draft_size: several
+    times faster, and the pipeline resizes it further anyway.
+    """
+    try:
+        with Image.open(path) as img:
+            full = (img.height, img.width)
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            return np.asarray(img.convert("RGB")), full
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found (named in the split list)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image ({e}); remove or replace the file") from None
+
+
+def load_trimap(path: Path) -> np.ndarray:
+    """Trimap as labels uint8 (H, W) in {0, 1, 2}; any other raw value is an error, not a guess."""
+    try:
+        with Image.open(path) as img:
+            raw = np.asarray(img.convert("L") if img.mode not in ("L", "P") else img)
+    except FileNotFoundError:
+        raise DataError(f"{path}: trimap not found for this image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode trimap ({e}); remove or replace the file") from None
+    bad = (raw < 1) | (raw > 3)
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(raw[bad]))[:5]
+        raise DataError(
+            f"{path}: trimap has values {values} outside {{1, 2, 3}} (1 pet, 2 background, 3 border)"
+        )
+    return raw - 1
+
+
+class PetTrimaps(Dataset):
+    """(image, mask) pairs of one list of names; `transform` is an albumentations pipeline."""
+
+    def __init__(
+        self, base: Path, names: Sequence[str], transform: Transform, draft_size: int | None = None
+    ) -> None:
+        self.base = Path(base)
+        self.names = list(names)
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paths(self, index: int) -> tuple[Path, Path]:
+        name = self.names[index]
+        return (
+            self.base / "images" / f"{name}.jpg",
+            self.base / "annotations" / "trimaps" / f"{name}.png",
+        )
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image_path, trimap_path = self.paths(index)
+        mask = load_trimap(trimap_path)
+        image, full = load_image(image_path, self.draft_size)
+        if full != mask.shape:
+            raise DataError(
+                f"{image_path}: image is {full[1]}x{full[0]} but its trimap {trimap_path.name} "
+                f"is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        if image.shape[:2] != mask.shape:
+            # A draft-decoded JPEG is smaller: bring the mask to it (nearest keeps labels exact).
+            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        out = self.transform(image=image, mask=mask)
+        image_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
+        return {
+            "image": image_t.float().div_(255.0),  # (3, H, W) in [0, 1]
+            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),  # (H, W)
+        }

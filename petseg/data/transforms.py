@@ -1,0 +1,28 @@
+"""albumentations pipelines: resize to the model's size, then the configured augmentations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+
+
+def resize(image_size: int) -> A.Resize:
+    """Images with area (down) / linear interpolation; masks always nearest, so labels stay labels."""
+    return A.Resize(
+        image_size,
+        image_size,
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST,
+        area_for_downscale="image",
+    )
+
+
+def train_pipeline(image_size: int, augment: Sequence[A.BasicTransform] = ()) -> A.Compose:
+    """Resize first so every augmentation runs on the small image (cheaper)."""
+    return A.Compose([resize(image_size), *augment])
+
+
+def eval_pipeline(image_size: int) -> A.Compose:
+    return A.Compose([resize(image_size)])
