@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     apply_wandb_env(cfg)
 
     datamodule = instantiate(cfg.data)
+    datamodule.check_source()
     module = SegModule(
         net=cfg.model,
         loss=cfg.loss,

@@ -51,3 +51,13 @@ def pets_mini() -> Path:
     if not (PETS_MINI / "oxford-iiit-pet" / "images").is_dir():
         pytest.skip(f"real data subset not found at {PETS_MINI}")
     return PETS_MINI
+
+
+@pytest.fixture
+def tiny_pets(tmp_path: Path) -> Path:
+    """A tiny dataset in the official layout (synthetic content): returns data.root."""
+    from petseg.data.synthetic import ensure_synthetic
+
+    root = tmp_path / "pets"
+    ensure_synthetic(root, num_trainval=10, num_test=4, size=48, seed=1)
+    return root

@@ -66,6 +66,11 @@ class PetDataModule(L.LightningDataModule):
 
             OxfordIIITPet(str(self.root), target_types="segmentation", download=True)
 
+    def check_source(self) -> None:
+        """Fail before any model is built when the data can be neither found nor made."""
+        if not self.synthetic and not self.download:
+            self.base()
+
     def base(self) -> Path:
         base = find_base(self.root)
         if base is None:

@@ -1,0 +1,116 @@
+"""Reader, transforms, split and DataModule on generated and (when present) real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from petseg.data.datamodule import PetDataModule
+from petseg.data.oxford import find_base, load_trimap, read_split
+from petseg.data.synthetic import ensure_synthetic
+from petseg.data.transforms import train_pipeline
+from petseg.errors import DataError
+
+
+def test_trimap_values_map_to_labels(tmp_path: Path) -> None:
+    raw = np.array([[1, 2], [3, 1]], np.uint8)
+    Image.fromarray(raw, mode="L").save(tmp_path / "t.png")
+    assert load_trimap(tmp_path / "t.png").tolist() == [[0, 1], [2, 0]]
+
+
+def test_trimap_value_outside_range_names_file(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[1, 2], [4, 0]], np.uint8), mode="L").save(tmp_path / "bad.png")
+    with pytest.raises(DataError, match=r"bad\.png.*\[0, 4\]"):
+        load_trimap(tmp_path / "bad.png")
+
+
+def test_masks_stay_labels_after_every_transform(cfg_factory) -> None:
+    """Each configured augmentation (and the resize) keeps mask values in {0, 1, 2}."""
+    cfg = cfg_factory()
+    augment = instantiate(cfg.data.train_transforms)
+    assert len(augment) >= 2
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (75, 101), dtype=np.uint8)
+    for transform in [None, *augment]:
+        pipeline = train_pipeline(64, [] if transform is None else [transform])
+        for _ in range(5):
+            out = pipeline(image=image, mask=mask)
+            assert out["image"].shape == (64, 64, 3)
+            assert out["mask"].shape == (64, 64)
+            assert set(np.unique(out["mask"]).tolist()) <= {0, 1, 2}
+
+
+def test_synthetic_set_is_official_layout_and_cached(tmp_path: Path) -> None:
+    base = ensure_synthetic(tmp_path, num_trainval=5, num_test=3, size=32, seed=0)
+    assert find_base(tmp_path) == base
+    assert len(read_split(base, "trainval")) == 5 and len(read_split(base, "test")) == 3
+    raw = np.asarray(Image.open(base / "annotations" / "trimaps" / "synthetic_1.png"))
+    assert set(np.unique(raw).tolist()) == {1, 2, 3}
+    mtime = (base / "images" / "synthetic_1.jpg").stat().st_mtime_ns
+    ensure_synthetic(tmp_path, num_trainval=5, num_test=3, size=32, seed=0)
+    assert (base / "images" / "synthetic_1.jpg").stat().st_mtime_ns == mtime  # reused, not remade
+
+
+def test_datamodule_batches_and_seeded_split(tiny_pets: Path) -> None:
+    dm = PetDataModule(tiny_pets, download=False, image_size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    dm.setup("test")
+    train, val = dm.split_names()
+    assert len(val) == 1 and len(train) == 9 and not set(train) & set(val)
+    assert PetDataModule(tiny_pets, download=False, split_seed=0).split_names() == (train, val)
+    assert PetDataModule(tiny_pets, download=False, split_seed=1).split_names() != (train, val)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 32, 32) and batch["mask"].dtype == torch.int64
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert set(batch["mask"].unique().tolist()) <= {0, 1, 2}
+    assert len(dm.test_set) == 4
+
+
+def test_missing_root_without_download_names_option(tmp_path: Path) -> None:
+    dm = PetDataModule(tmp_path / "nowhere", download=False)
+    dm.prepare_data()
+    with pytest.raises(DataError, match=r"data\.root=.*nowhere.*data\.download=true"):
+        dm.setup("fit")
+
+
+def test_undecodable_image_names_file(tiny_pets: Path) -> None:
+    dm = PetDataModule(tiny_pets, download=False, image_size=32, num_workers=0)
+    dm.setup("fit")
+    name = dm.train_set.names[0]
+    (find_base(tiny_pets) / "images" / f"{name}.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=rf"{name}\.jpg: cannot decode image"):
+        dm.train_set[0]
+
+
+def test_image_trimap_size_mismatch_names_file(tiny_pets: Path) -> None:
+    base = find_base(tiny_pets)
+    Image.fromarray(np.ones((20, 20), np.uint8), mode="L").save(
+        base / "annotations" / "trimaps" / "synthetic_1.png"
+    )
+    dm = PetDataModule(tiny_pets, download=False, image_size=32, num_workers=0)
+    dm.setup("fit")
+    index = (dm.train_set.names + dm.val_set.names).index("synthetic_1")
+    dataset = dm.train_set if index < len(dm.train_set) else dm.val_set
+    with pytest.raises(DataError, match=r"synthetic_1\.jpg: image is 48x48 but its trimap"):
+        dataset[dataset.names.index("synthetic_1")]
+
+
+@pytest.mark.realdata
+def test_real_subset_loads(pets_mini: Path) -> None:
+    dm = PetDataModule(pets_mini, download=False, image_size=64, batch_size=8, num_workers=0)
+    dm.setup("fit")
+    dm.setup("test")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (339, 38, 219)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (8, 3, 64, 64)
+    assert set(batch["mask"].unique().tolist()) == {0, 1, 2}
+    # The reduced-scale JPEG decode keeps image and mask aligned: pets are mostly class 0 inside.
+    counts = torch.bincount(batch["mask"].flatten(), minlength=3)
+    assert counts[1] > counts[2] and counts[0] > counts[2]

@@ -1,0 +1,179 @@
+"""The composed config, SegModule and train(cfg) end to end, plus the CLI's error lines."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config
+from petseg.data.datamodule import PetDataModule
+from petseg.module import SegModule
+from petseg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data=synthetic",
+    "data.synthetic.num_trainval=8",
+    "data.synthetic.num_test=4",
+    "data.synthetic.size=48",
+    "data.image_size=32",
+    "model=segnet_dsc",
+]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
+)
+def test_every_group_option_composes_and_instantiates(group: str, cfg_factory) -> None:
+    for option in group_options(group):
+        cfg = cfg_factory(f"{group}={option}")
+        node = cfg.get(group)
+        if group in ("optimizer", "scheduler") and node:
+            opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+            if group == "scheduler":
+                instantiate(node)(optimizer=opt)
+        elif group in ("logger", "callbacks") and node:
+            for name, sub in node.items():
+                if name == "wandb":  # building it is cheap, starting a run is not
+                    assert sub._target_.endswith("WandbLogger")
+                    continue
+                instantiate(sub)
+        elif group == "trainer":
+            trainer = instantiate(node, logger=False)
+            assert trainer.max_epochs == cfg.trainer.max_epochs
+        elif group == "data":
+            assert isinstance(instantiate(node), PetDataModule)
+
+
+def test_defaults_match_the_documented_run() -> None:
+    cfg = compose_config()
+    assert cfg.model._target_ == "petseg.models.segnet.SegNet"
+    assert cfg.loss._target_.endswith("CrossEntropyLoss")
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-3
+    assert cfg.trainer.max_epochs == 20 and cfg.data.image_size == 128
+    assert set(cfg.logger) == {"csv", "wandb"} and cfg.logger.wandb.offline is True
+    assert cfg.callbacks.model_checkpoint.monitor == "val/miou"
+
+
+@pytest.mark.slow
+def test_segnet_overfits_one_synthetic_batch(tiny_pets: Path) -> None:
+    torch.manual_seed(0)
+    dm = PetDataModule(tiny_pets, download=False, image_size=32, batch_size=2, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    cfg = compose_config()
+    module = SegModule(cfg.model, cfg.loss, cfg.optimizer, class_names=cfg.class_names)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = module.criterion(module(batch["image"]), batch["mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+def test_train_end_to_end_writes_run_and_reloads(cfg_factory, tmp_path: Path) -> None:
+    cfg = cfg_factory(*TINY, "trainer.max_epochs=2", "trainer.log_every_n_steps=1")
+    metrics = train(cfg)
+    for key in ("val/miou", "val/pixel_acc", "val/iou_pet", "val/iou_background",
+                "val/iou_border", "test/miou", "test/pixel_acc", "model/params"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["test/pixel_acc"] <= 1.0
+    assert metrics["model/params"] == sum(p.numel() for p in instantiate(cfg.model).parameters())
+
+    run = Path(cfg.paths.output_dir)
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    assert {"train/loss", "val/loss", "val/miou", "test/miou"} <= set(rows[0])
+    assert sum(1 for r in rows if r["val/miou"]) == 2  # one per epoch
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1
+
+    # Self-describing checkpoint: rebuilt with no Hydra config, same outputs.
+    reloaded = SegModule.load_from_checkpoint(last, map_location="cpu").eval()
+    assert reloaded.hparams.net["_target_"] == "petseg.models.segnet.SegNet"
+    fresh = SegModule(cfg.model, cfg.loss, cfg.optimizer).eval()
+    x = torch.rand(1, 3, 32, 32)
+    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(reloaded(x), fresh(x))
+
+
+def test_wandb_offline_run_has_metrics(cfg_factory, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_factory(*TINY, "trainer.max_epochs=1", "test=false")
+    metrics = train(cfg)
+    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
+    assert "val/miou" in metrics
+    import wandb
+
+    assert wandb.run is None  # finished, so the next multirun job gets its own run
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "petseg.train", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_cli_unknown_model_lists_choices(tmp_path: Path) -> None:
+    proc = run_cli("model=nope", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "model/nope" in proc.stderr and "segnet_dsc" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_dataset_is_one_line(tmp_path: Path) -> None:
+    proc = run_cli(f"data.root={tmp_path}/none", "data.download=false", cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.root=" in errors[0] and "data.download=true" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_trimap_in_worker_is_one_line(tiny_pets: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    import numpy as np
+
+    bad = tiny_pets / "oxford-iiit-pet" / "annotations" / "trimaps"
+    for png in bad.glob("*.png"):
+        Image.fromarray(np.full((48, 48), 7, np.uint8), mode="L").save(png)
+    proc = run_cli(
+        f"data.root={tiny_pets}", "data.download=false", "data.image_size=32",
+        "data.num_workers=1", "model=segnet_dsc", "trainer.max_epochs=1", cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and ".png: trimap has values [7]" in errors[0], proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_cli_multirun_gives_each_job_its_folder(tmp_path: Path) -> None:
+    proc = run_cli(
+        "-m", "model=segnet,segnet_dsc", *TINY[:-1], "trainer.max_epochs=1", "test=false",
+        f"paths.root_dir={tmp_path}", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert (job / "csv" / "metrics.csv").is_file()
+        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        assert any(o.startswith("model=") for o in overrides)
