@@ -67,6 +67,23 @@ def to_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) or isinstance(v, float)}
 
 
+def resolve_auto_weights(cfg: DictConfig, datamodule: Any) -> None:
+    """`loss.weight: auto` -> class weights from the training split's pixel frequencies.
+
+    The list, not `auto`, goes into the checkpoint, so a reloaded model has the same loss.
+    """
+    if cfg.loss.get("weight") != "auto":
+        return
+    from petseg.losses import class_weights_from_counts
+
+    counts = datamodule.class_pixel_counts()
+    weights = class_weights_from_counts(counts, cfg.loss.get("weight_scheme", "inverse_sqrt"))
+    log.info("Class pixel counts %s -> loss weights %s", counts.tolist(), weights.tolist())
+    with open_dict(cfg):
+        cfg.loss.weight = [round(float(w), 6) for w in weights]
+        cfg.loss.pop("weight_scheme", None)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper."""
     if cfg.get("seed") is not None:
@@ -75,6 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     datamodule.check_source()
+    resolve_auto_weights(cfg, datamodule)
     module = SegModule(
         net=cfg.model,
         loss=cfg.loss,

@@ -177,3 +177,17 @@ def test_cli_multirun_gives_each_job_its_folder(tmp_path: Path) -> None:
         assert (job / "csv" / "metrics.csv").is_file()
         overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
         assert any(o.startswith("model=") for o in overrides)
+
+
+def test_weight_auto_comes_from_training_pixel_counts(cfg_factory) -> None:
+    from petseg.train import resolve_auto_weights
+
+    cfg = cfg_factory(*TINY, "loss=weighted_ce")
+    datamodule = instantiate(cfg.data)
+    counts = datamodule.class_pixel_counts()
+    assert counts.sum() == 7 * 48 * 48  # 7 training images of 48x48 (1 of 8 goes to val)
+    resolve_auto_weights(cfg, datamodule)
+    weights = list(cfg.loss.weight)
+    assert len(weights) == 3 and abs(sum(weights) / 3 - 1) < 1e-4
+    assert weights[2] > weights[0] > weights[1]  # border rarest, background most common
+    assert instantiate(cfg.loss).weight.tolist() == pytest.approx(weights)

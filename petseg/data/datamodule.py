@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from petseg.data.oxford import BASE_FOLDER, PetTrimaps, find_base, read_split
+from petseg.data.oxford import BASE_FOLDER, PetTrimaps, find_base, load_trimap, read_split
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import ConfigError, DataError
@@ -98,6 +98,16 @@ class PetDataModule(L.LightningDataModule):
         val = [names[i] for i in sorted(order[:num_val])]
         train = [names[i] for i in sorted(order[num_val:])]
         return train, val
+
+    def class_pixel_counts(self) -> torch.Tensor:
+        """Pixels per class over the training split's trimaps (for `loss.weight=auto`)."""
+        self.prepare_data()
+        base = self.base()
+        counts = torch.zeros(self.num_classes, dtype=torch.float64)
+        for name in self.split_names()[0]:
+            labels = load_trimap(base / "annotations" / "trimaps" / f"{name}.png")
+            counts += torch.from_numpy(np.bincount(labels.ravel(), minlength=self.num_classes))
+        return counts
 
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
