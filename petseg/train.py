@@ -113,7 +113,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = trainer.checkpoint_callback
         if best is not None and best.best_model_score is not None:
             metrics["val/miou_best"] = float(best.best_model_score)
-            log.info("Best checkpoint: %s (val/miou %.4f)", best.best_model_path, metrics["val/miou_best"])
+            log.info(
+                "Best checkpoint: %s (val/miou %.4f)",
+                best.best_model_path,
+                metrics["val/miou_best"],
+            )
         if cfg.get("test"):
             ckpt = "best" if best is not None and best.best_model_path else None
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)

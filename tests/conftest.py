@@ -20,7 +20,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The real config, as `python -m petseg.train <overrides>` would compose it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+        return compose(
+            config_name=config_name, overrides=overrides or [], return_hydra_config=False
+        )
 
 
 @pytest.fixture

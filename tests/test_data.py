@@ -68,7 +68,7 @@ def test_datamodule_batches_and_seeded_split(tiny_pets: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["mask"].shape == (4, 32, 32) and batch["mask"].dtype == torch.int64
-    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
     assert set(batch["mask"].unique().tolist()) <= {0, 1, 2}
     assert len(dm.test_set) == 4
 

@@ -13,10 +13,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config
 from petseg.data.datamodule import PetDataModule
 from petseg.module import SegModule
 from petseg.train import train
+
+from conftest import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -89,14 +90,23 @@ def test_segnet_overfits_one_synthetic_batch(tiny_pets: Path) -> None:
 def test_train_end_to_end_writes_run_and_reloads(cfg_factory, tmp_path: Path) -> None:
     cfg = cfg_factory(*TINY, "trainer.max_epochs=2", "trainer.log_every_n_steps=1")
     metrics = train(cfg)
-    for key in ("val/miou", "val/pixel_acc", "val/iou_pet", "val/iou_background",
-                "val/iou_border", "test/miou", "test/pixel_acc", "model/params"):
+    for key in (
+        "val/miou",
+        "val/pixel_acc",
+        "val/iou_pet",
+        "val/iou_background",
+        "val/iou_border",
+        "test/miou",
+        "test/pixel_acc",
+        "model/params",
+    ):
         assert key in metrics, key
     assert 0.0 <= metrics["test/pixel_acc"] <= 1.0
     assert metrics["model/params"] == sum(p.numel() for p in instantiate(cfg.model).parameters())
 
     run = Path(cfg.paths.output_dir)
-    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     assert {"train/loss", "val/loss", "val/miou", "test/miou"} <= set(rows[0])
     assert sum(1 for r in rows if r["val/miou"]) == 2  # one per epoch
     last = run / "checkpoints" / "last.ckpt"
@@ -128,7 +138,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "petseg.train", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -148,15 +162,20 @@ def test_cli_missing_dataset_is_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_bad_trimap_in_worker_is_one_line(tiny_pets: Path, tmp_path: Path) -> None:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     bad = tiny_pets / "oxford-iiit-pet" / "annotations" / "trimaps"
     for png in bad.glob("*.png"):
         Image.fromarray(np.full((48, 48), 7, np.uint8), mode="L").save(png)
     proc = run_cli(
-        f"data.root={tiny_pets}", "data.download=false", "data.image_size=32",
-        "data.num_workers=1", "model=segnet_dsc", "trainer.max_epochs=1", cwd=tmp_path,
+        f"data.root={tiny_pets}",
+        "data.download=false",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "model=segnet_dsc",
+        "trainer.max_epochs=1",
+        cwd=tmp_path,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -166,8 +185,13 @@ def test_cli_bad_trimap_in_worker_is_one_line(tiny_pets: Path, tmp_path: Path) -
 @pytest.mark.slow
 def test_cli_multirun_gives_each_job_its_folder(tmp_path: Path) -> None:
     proc = run_cli(
-        "-m", "model=segnet,segnet_dsc", *TINY[:-1], "trainer.max_epochs=1", "test=false",
-        f"paths.root_dir={tmp_path}", cwd=tmp_path,
+        "-m",
+        "model=segnet,segnet_dsc",
+        *TINY[:-1],
+        "trainer.max_epochs=1",
+        "test=false",
+        f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))

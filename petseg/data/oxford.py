@@ -1,4 +1,4 @@
-"""Reader of the official Oxford-IIIT Pet layout (images/*.jpg, annotations/trimaps/*.png, split lists)."""
+"""Reader of the official Oxford-IIIT Pet layout: images/*.jpg, annotations/trimaps/*.png, lists."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def read_split(base: Path, split: str) -> list[str]:
     """Image names of an official split list (`trainval` or `test`): first word of each line."""
     path = base / "annotations" / f"{split}.txt"
     if not path.is_file():
-        raise DataError(f"{path}: split list not found; the official layout has annotations/{split}.txt")
+        raise DataError(
+            f"{path}: split list not found; the official layout has annotations/{split}.txt"
+        )
     names = []
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -75,7 +77,8 @@ def load_trimap(path: Path) -> np.ndarray:
     if bad.any():
         values = sorted(int(v) for v in np.unique(raw[bad]))[:5]
         raise DataError(
-            f"{path}: trimap has values {values} outside {{1, 2, 3}} (1 pet, 2 background, 3 border)"
+            f"{path}: trimap has values {values} outside {{1, 2, 3}} "
+            "(1 pet, 2 background, 3 border)"
         )
     return raw - 1
 

@@ -9,7 +9,7 @@ import cv2
 
 
 def resize(image_size: int) -> A.Resize:
-    """Images with area (down) / linear interpolation; masks always nearest, so labels stay labels."""
+    """Images: area (down) or linear interpolation; masks: always nearest, so labels stay labels."""
     return A.Resize(
         image_size,
         image_size,
