@@ -57,7 +57,7 @@ def load_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, t
             full = (img.height, img.width)
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
-            return np.asarray(img.convert("RGB")), full
+            return np.array(img.convert("RGB")), full  # writable: torch warns on read-only
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found (named in the split list)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
