@@ -7,9 +7,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR
 from petseg.data.transforms import train_pipeline
 from petseg.train import train
+
+from conftest import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 DEBUG = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
