@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from petseg.metrics import scores_from_confmat
+from petseg.errors import ConfigError
+from petseg.losses import soft_iou
+from petseg.metrics import SOFT_IOU_SMOOTH, confusion_table, save_confusion, scores_from_confmat
 
 Config = Mapping[str, Any]
 STAGES = ("train", "val", "test")
@@ -31,6 +36,13 @@ class SegModule(L.LightningModule):
 
     Saving configs rather than modules keeps checkpoints small and self-describing:
     `SegModule.load_from_checkpoint(path)` rebuilds network and loss with no Hydra run.
+
+    Metrics per stage (`train/`, `val/`, `test/`), each accumulated over the whole split: the
+    confusion-matrix scores (pixel_acc, miou, mdice, iou_<class>, dice_<class>), `soft_iou` (the
+    article's soft IoU, mean over images) and, with `article_protocol=True`, `article_iou` (the
+    article's micro IoU over non-background-target pixels; see `petseg.metrics.article_protocol`).
+    At the end of validation and test the confusion matrix goes to
+    `<default_root_dir>/confusion/<stage>_epoch<NNN>.png|.csv`, and to W&B when it is a logger.
     """
 
     def __init__(
@@ -41,9 +53,11 @@ class SegModule(L.LightningModule):
         scheduler: Config | None = None,
         class_names: Sequence[str] = ("pet", "background", "border"),
         ignore_index: int = -100,
+        article_protocol: bool = False,
     ) -> None:
         super().__init__()
-        net, loss, optimizer, scheduler = plain(net), plain(loss), plain(optimizer), plain(scheduler)
+        net, loss = plain(net), plain(loss)
+        optimizer, scheduler = plain(optimizer), plain(scheduler)
         class_names = list(class_names)
         self.save_hyperparameters(
             {
@@ -53,6 +67,7 @@ class SegModule(L.LightningModule):
                 "scheduler": scheduler or None,
                 "class_names": class_names,
                 "ignore_index": ignore_index,
+                "article_protocol": article_protocol,
             }
         )
         self.net = instantiate(net)
@@ -68,6 +83,30 @@ class SegModule(L.LightningModule):
                 for stage in STAGES
             }
         )
+        # The article's soft IoU: a per-image value, so the split mean weighs batches by size.
+        # "disable": no NaN check, which would sync with the GPU on every step.
+        self.soft_ious = torch.nn.ModuleDict(
+            {f"{stage}_soft_iou": MeanMetric(nan_strategy="disable") for stage in STAGES}
+        )
+        self.article_protocol = article_protocol
+        if article_protocol:
+            if "background" not in class_names:
+                raise ConfigError(
+                    f"metrics.article_protocol=true scores non-background pixels, but class_names "
+                    f"{class_names} has no 'background'; name the background class 'background'"
+                )
+            self.background_index = class_names.index("background")
+            self.article_ious = torch.nn.ModuleDict(
+                {
+                    f"{stage}_article_iou": MulticlassJaccardIndex(
+                        len(class_names),
+                        average="micro",
+                        ignore_index=self.background_index,
+                        validate_args=False,
+                    )
+                    for stage in STAGES
+                }
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -80,6 +119,20 @@ class SegModule(L.LightningModule):
         preds = logits.detach().max(1).indices  # (B, H, W)
         self.confmats[f"{stage}_cm"].update(preds, mask)
         batch_size = image.shape[0]
+        soft = soft_iou(
+            logits.detach(),
+            mask,
+            smooth=SOFT_IOU_SMOOTH,
+            ignore_index=self.hparams.ignore_index,
+            average="image",
+        )  # mean over this batch's images
+        # Weighted by batch size, as one value per image: with nan_strategy="disable",
+        # torchmetrics <= 1.9 ignores `weight` (Lightning-AI/torchmetrics#3434).
+        self.soft_ious[f"{stage}_soft_iou"].update(soft.expand(batch_size))
+        if self.article_protocol:
+            # Ignored pixels count as background: the Jaccard below skips both.
+            target = mask.masked_fill(mask == self.hparams.ignore_index, self.background_index)
+            self.article_ious[f"{stage}_article_iou"].update(preds, target)
         if stage == "train":  # per step for the curve, and the epoch mean beside it
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
             self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
@@ -91,11 +144,41 @@ class SegModule(L.LightningModule):
         confmat = self.confmats[f"{stage}_cm"]
         if not confmat.update_called:  # e.g. an epoch that ran no batch of this stage
             return
-        scores = scores_from_confmat(confmat.compute(), self.class_names)
+        cm = confmat.compute()
+        scores = scores_from_confmat(cm, self.class_names)
+        soft = self.soft_ious[f"{stage}_soft_iou"]
+        scores["soft_iou"] = soft.compute()
+        accumulated = [confmat, soft]
+        if self.article_protocol:
+            article = self.article_ious[f"{stage}_article_iou"]
+            scores["article_iou"] = article.compute()
+            accumulated.append(article)
         miou = scores.pop("miou")
         self.log(f"{stage}/miou", miou, prog_bar=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()})
-        confmat.reset()
+        if stage != "train":
+            self._report_confusion(stage, cm)
+        for metric in accumulated:
+            metric.reset()
+
+    def _report_confusion(self, stage: str, cm: torch.Tensor) -> None:
+        """The split's confusion matrix as PNG + CSV in the run folder, and to W&B if it logs."""
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        name = f"{stage}_epoch{self.current_epoch:03d}"
+        folder = Path(trainer.default_root_dir) / "confusion"
+        png, _ = save_confusion(cm, self.class_names, folder, name)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                columns, rows = confusion_table(cm, self.class_names)
+                confusion = {
+                    f"{stage}/confusion_table": wandb.Table(columns=columns, data=rows),
+                    f"{stage}/confusion": wandb.Image(str(png), caption=name),
+                }
+                logger.log_metrics(confusion, step=self.global_step)  # type: ignore[arg-type]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -123,4 +206,7 @@ class SegModule(L.LightningModule):
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

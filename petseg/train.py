@@ -5,18 +5,25 @@ This is the only place objects are wired together; everything else is built from
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from petseg.config import find_last_checkpoint, validate
 from petseg.errors import PetsegError
+from petseg.metrics import article_protocol
 from petseg.module import SegModule
 
 log = logging.getLogger("petseg.train")
@@ -49,12 +56,67 @@ def apply_wandb_env(cfg: DictConfig) -> None:
             cfg.logger.wandb.offline = mode in ("offline", "dryrun")
 
 
+def hydra_runtime() -> Any | None:
+    """Hydra's runtime config inside `python -m petseg.train`, None when called as a function."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def name_wandb_run(cfg: DictConfig) -> None:
+    """W&B name `<model>-<loss>[-<job>]`, grouped by sweep, tagged with model and loss.
+
+    Fills only what the user left empty, so `logger.wandb.name=...` still wins.
+    """
+    if not cfg.get("logger") or "wandb" not in cfg.logger:
+        return
+    hc = hydra_runtime()
+    choices = dict(hc.runtime.choices) if hc else {}
+    model = choices.get("model") or cfg.model._target_.rsplit(".", 1)[-1].lower()
+    loss = choices.get("loss") or cfg.loss._target_.rsplit(".", 1)[-1].lower()
+    multirun = hc is not None and str(hc.mode) == "RunMode.MULTIRUN"
+    wandb_cfg = cfg.logger.wandb
+    with open_dict(cfg):
+        if not wandb_cfg.get("name"):
+            wandb_cfg.name = f"{model}-{loss}" + (f"-{hc.job.num}" if multirun else "")
+        if not wandb_cfg.get("group") and multirun:
+            wandb_cfg.group = Path(hc.sweep.dir).name  # the sweep's <time> folder
+        wandb_cfg.tags = sorted({*(wandb_cfg.get("tags") or []), f"model:{model}", f"loss:{loss}"})
+        if not wandb_cfg.get("id"):  # chosen here so status.json can hold it for a resume
+            wandb_cfg.id = secrets.token_hex(4)
+
+
+def wandb_id(cfg: DictConfig) -> str | None:
+    return cfg.logger.wandb.get("id") if cfg.get("logger") and "wandb" in cfg.logger else None
+
+
+def write_status(cfg: DictConfig, status: str, **extra: Any) -> None:
+    """`status.json` in the run folder: running, completed or failed (read by reports)."""
+    try:
+        folder = Path(cfg.paths.output_dir)
+    except Exception:  # no run folder (e.g. composed without Hydra and no output_dir)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "status.json").write_text(json.dumps({"status": status, **extra}, indent=1))
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """hydra's instantiate, but a user error inside a constructor surfaces as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = user_error(e)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    return [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    return [build(c) for c in (cfg.get("logger") or {}).values() if c]
 
 
 def finish_wandb() -> None:
@@ -84,13 +146,33 @@ def resolve_auto_weights(cfg: DictConfig, datamodule: Any) -> None:
         cfg.loss.pop("weight_scheme", None)
 
 
+def resolve_resume(cfg: DictConfig) -> None:
+    """`ckpt_path=last` -> the newest last.ckpt; a resumed run keeps its W&B run id."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return
+    path = find_last_checkpoint(cfg.paths.log_dir) if ckpt == "last" else Path(ckpt)
+    status = path.parent.parent / "status.json"
+    wandb_id = json.loads(status.read_text()).get("wandb_id") if status.is_file() else None
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path)
+        if wandb_id and cfg.get("logger") and "wandb" in cfg.logger:
+            cfg.logger.wandb.id = wandb_id
+    log.info("Resuming from %s (W&B run %s)", path, wandb_id or "new")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper."""
+    validate(cfg)  # before any data loads
+    resolve_resume(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     apply_wandb_env(cfg)
+    name_wandb_run(cfg)
+    write_status(cfg, "running", wandb_id=wandb_id(cfg))
+    article = article_protocol(cfg)  # sets data.eval_augment when on
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     datamodule.check_source()
     resolve_auto_weights(cfg, datamodule)
     module = SegModule(
@@ -100,11 +182,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=cfg.get("scheduler") or None,
         class_names=cfg.class_names,
         ignore_index=cfg.loss.get("ignore_index", -100),
+        article_protocol=article,
     )
     stats = model_stats(module.net, cfg.data.image_size, cfg.model.get("in_channels", 3))
 
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers)
+    trainer: L.Trainer = build(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers)
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **stats})
@@ -127,6 +210,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return {**metrics, **{k: float(v) for k, v in stats.items()}}
 
 
+def user_error(error: BaseException) -> PetsegError | None:
+    """The PetsegError behind an exception, also when Hydra's instantiate wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, PetsegError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def one_line(error: BaseException) -> str:
     """The message alone, also when a DataLoader worker wrapped it in its traceback text."""
     text = str(error).strip()
@@ -136,14 +229,38 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+class JobFailed(RuntimeError):
+    """A multirun job's user-fixable failure: Hydra records it and runs the other jobs."""
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    started = time.time()
+
+    def status(state: str, **extra: Any) -> None:
+        seconds = round(time.time() - started, 1)
+        write_status(cfg, state, seconds=seconds, wandb_id=wandb_id(cfg), **extra)
+
+    status("running")
     try:
         metrics = train(cfg)
-    except PetsegError as e:
-        log.error("%s", one_line(e))
-        print(f"error: {one_line(e)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        status("interrupted")
+        raise
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:  # a bug, not bad input: keep the traceback
+            status("failed", error=repr(e)[:500])
+            raise
+        message = one_line(cause)
+        status("failed", error=message)
+        log.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
+        hc = hydra_runtime()
+        if hc is not None and str(hc.mode) == "RunMode.MULTIRUN":
+            raise JobFailed(message) from None
         raise SystemExit(1) from None
+    status("completed", metrics=metrics)
     # A sweeper (e.g. Optuna) optimises the returned value.
     return metrics.get("val/miou_best", metrics.get("val/miou"))
 

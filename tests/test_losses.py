@@ -12,7 +12,6 @@ import hydra
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONF_DIR, compose_config
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -32,6 +31,8 @@ from petseg.losses import (
     soft_iou,
     tversky_loss,
 )
+
+from conftest import CONF_DIR, compose_config
 
 LOSS_YAMLS = sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml"))
 WEIGHTS = [0.5, 1.0, 2.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -122,16 +123,24 @@ def test_train_end_to_end_writes_run_and_reloads(cfg_factory, tmp_path: Path) ->
     torch.testing.assert_close(reloaded(x), fresh(x))
 
 
-def test_wandb_offline_run_has_metrics(cfg_factory, monkeypatch) -> None:
+def test_wandb_offline_run_has_metrics_and_no_secret(cfg_factory, monkeypatch) -> None:
+    secret = "petseg-fake-key-0123456789abcdef0123456789abcdef"
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", secret)
     cfg = cfg_factory(*TINY, "trainer.max_epochs=1", "test=false")
     metrics = train(cfg)
-    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    run = Path(cfg.paths.output_dir)
+    runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
     assert "val/miou" in metrics
     import wandb
 
     assert wandb.run is None  # finished, so the next multirun job gets its own run
+    # The API key never lands in configs, logs, checkpoints or W&B files.
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    leaked = [p for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, leaked
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -215,3 +224,36 @@ def test_weight_auto_comes_from_training_pixel_counts(cfg_factory) -> None:
     assert len(weights) == 3 and abs(sum(weights) / 3 - 1) < 1e-4
     assert weights[2] > weights[0] > weights[1]  # border rarest, background most common
     assert instantiate(cfg.loss).weight.tolist() == pytest.approx(weights)
+
+
+@pytest.mark.slow
+def test_cli_failed_sweep_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    proc = run_cli(
+        "-m",
+        "data.val_fraction=2.0,0.2",
+        *TINY,
+        "trainer.max_epochs=1",
+        "test=false",
+        f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1  # the sweep reports its failure at the end
+    assert "error: data.val_fraction must be in (0, 1), got 2.0" in proc.stderr
+    failed, done = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
+    failed_status = json.loads((failed / "status.json").read_text())
+    assert failed_status["status"] == "failed" and "val_fraction" in failed_status["error"]
+    done_status = json.loads((done / "status.json").read_text())
+    assert done_status["status"] == "completed" and "val/miou" in done_status["metrics"]
+    assert (done / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_wandb_run_named_from_hydra_choices(cfg_factory) -> None:
+    from petseg.train import name_wandb_run
+
+    cfg = cfg_factory("loss=dice")
+    name_wandb_run(cfg)  # outside a Hydra app: names come from the targets
+    assert cfg.logger.wandb.name == "segnet-diceloss"
+    assert {"model:segnet", "loss:diceloss"} <= set(cfg.logger.wandb.tags)
+    cfg = cfg_factory("logger.wandb.name=mine")
+    name_wandb_run(cfg)
+    assert cfg.logger.wandb.name == "mine" and len(cfg.logger.wandb.id) == 8

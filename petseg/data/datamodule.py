@@ -34,6 +34,7 @@ class PetDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         train_transforms: Sequence[A.BasicTransform] = (),
         synthetic: dict[str, Any] | None = None,
+        eval_augment: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -53,6 +54,8 @@ class PetDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.train_transforms = list(train_transforms)
         self.synthetic = dict(synthetic) if synthetic else None
+        # val/test through the training augmentations too: the article's evaluation protocol.
+        self.eval_augment = eval_augment
         self.train_set: PetTrimaps | None = None
         self.val_set: PetTrimaps | None = None
         self.test_set: PetTrimaps | None = None
@@ -93,7 +96,8 @@ class PetDataModule(L.LightningDataModule):
         num_val = max(1, round(len(names) * self.val_fraction))
         if num_val >= len(names):
             raise ConfigError(
-                f"data.val_fraction={self.val_fraction} leaves no training images out of {len(names)}"
+                f"data.val_fraction={self.val_fraction} leaves no training images "
+                f"out of {len(names)}"
             )
         val = [names[i] for i in sorted(order[:num_val])]
         train = [names[i] for i in sorted(order[num_val:])]
@@ -113,10 +117,10 @@ class PetDataModule(L.LightningDataModule):
         base = self.base()
         # Decode JPEGs at a reduced scale that still covers the model's input size.
         draft = self.image_size
-        evaluate = eval_pipeline(self.image_size)
+        augment = train_pipeline(self.image_size, self.train_transforms)
+        evaluate = augment if self.eval_augment else eval_pipeline(self.image_size)
         if stage in (None, "fit", "validate") and self.train_set is None:
             train, val = self.split_names()
-            augment = train_pipeline(self.image_size, self.train_transforms)
             self.train_set = PetTrimaps(base, train, augment, draft)
             self.val_set = PetTrimaps(base, val, evaluate, draft)
         if stage in (None, "test", "predict") and self.test_set is None:

@@ -1,0 +1,93 @@
+"""Checks of a composed config that run before any data loads or any model trains.
+
+Hydra already rejects unknown group options and misspelt keys (the config is a struct); this catches
+values that compose fine but cannot work, with one line naming the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from petseg.errors import ConfigError
+
+
+def model_stride(cfg: DictConfig) -> int:
+    """The factor by which the network downsamples, read without building it.
+
+    A patch-based model's stride is its `patch_size`; the others declare a class attribute `stride`.
+    """
+    if cfg.model.get("patch_size"):
+        return int(cfg.model.patch_size)
+    return int(getattr(get_class(cfg.model._target_), "stride", 1))
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    lr = cfg.optimizer.get("lr")
+    if lr is None or not lr > 0:
+        raise ConfigError(f"optimizer.lr={lr} must be > 0 (e.g. optimizer.lr=1e-3)")
+    wd = cfg.optimizer.get("weight_decay", 0.0)
+    if wd is not None and wd < 0:
+        raise ConfigError(f"optimizer.weight_decay={wd} must be >= 0")
+
+
+def check_image_size(cfg: DictConfig) -> None:
+    size, stride = int(cfg.data.image_size), model_stride(cfg)
+    if size % stride:
+        lower, upper = max(stride, size // stride * stride), (size // stride + 1) * stride
+        raise ConfigError(
+            f"data.image_size={size} is not a multiple of {stride}, the stride of "
+            f"{cfg.model._target_.rsplit('.', 1)[-1]}; use data.image_size={lower} or {upper}"
+        )
+
+
+def check_classes(cfg: DictConfig) -> None:
+    num_classes = int(cfg.data.num_classes)
+    if len(cfg.class_names) != num_classes:
+        raise ConfigError(
+            f"class_names has {len(cfg.class_names)} names but data.num_classes={num_classes}"
+        )
+    ignore = cfg.loss.get("ignore_index")
+    if ignore is not None and ignore >= num_classes:
+        raise ConfigError(
+            f"loss.ignore_index={ignore} is out of range: use a class index 0..{num_classes - 1} "
+            "to leave that class out of the loss (2 = border), or -100 to ignore nothing"
+        )
+
+
+def check_epochs(cfg: DictConfig) -> None:
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and epochs != -1 and epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (or -1 for no limit)")
+
+
+def find_last_checkpoint(log_dir: str | Path) -> Path | None:
+    """The newest `last.ckpt` (end of an epoch) or `interrupted.ckpt` (a crash) under log_dir."""
+    found = [
+        p
+        for name in ("last", "interrupted")
+        for p in Path(log_dir).glob(f"**/checkpoints/{name}.ckpt")
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        if find_last_checkpoint(cfg.paths.log_dir) is None:
+            raise ConfigError(
+                f"ckpt_path=last: no checkpoints/last.ckpt under paths.log_dir={cfg.paths.log_dir}"
+            )
+    elif ckpt and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check, cheapest first; raises ConfigError on the first problem."""
+    check_optimizer(cfg)
+    check_epochs(cfg)
+    check_classes(cfg)
+    check_checkpoint(cfg)
+    check_image_size(cfg)

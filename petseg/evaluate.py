@@ -1,0 +1,89 @@
+"""`python -m petseg.evaluate ckpt_path=... [overrides]`: a checkpoint on the official test split.
+
+Prints every `test/*` metric and writes them as JSON to `<run dir>/metrics.json` (and to `output=`
+when given); the confusion matrix goes to `<run dir>/confusion/`. `metrics.article_protocol=true`
+evaluates as the article did (see `petseg.metrics.article_protocol`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from petseg.errors import ConfigError, PetsegError
+from petseg.metrics import article_protocol
+from petseg.module import SegModule
+from petseg.train import build, one_line, to_floats
+
+log = logging.getLogger("petseg.evaluate")
+
+
+def load_module(ckpt_path: str | Path | None, article: bool = False) -> SegModule:
+    """The SegModule a checkpoint describes, on CPU; a missing or bad file is a ConfigError."""
+    if not ckpt_path:
+        raise ConfigError("ckpt_path is not set; pass ckpt_path=<path to a .ckpt file>")
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: no such file; pass a checkpoint written by petseg.train "
+            "(e.g. outputs/<date>/<time>/checkpoints/last.ckpt)"
+        )
+    try:
+        return SegModule.load_from_checkpoint(path, map_location="cpu", article_protocol=article)
+    except Exception as e:  # torch.load and Lightning raise many types for a bad file
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: cannot load it as a petseg checkpoint "
+            f"({type(e).__name__}: {reason}); pass a .ckpt written by petseg.train"
+        ) from e
+
+
+def write_json(metrics: dict[str, float], path: str | Path) -> Path:
+    """Metrics as strict JSON, sorted by name; NaN (a class absent from the split) becomes null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
+    path.write_text(json.dumps(clean, indent=2) + "\n")
+    return path
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test `cfg.ckpt_path` on the test split of `cfg.data`; returns the `test/*` metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    article = article_protocol(cfg)  # sets data.eval_augment when on
+    module = load_module(cfg.get("ckpt_path"), article)
+    datamodule = build(cfg.data)
+    datamodule.check_source()
+    trainer: L.Trainer = build(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = to_floats(trainer.callback_metrics)
+    written = [write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")]
+    if cfg.get("output"):
+        written.append(write_json(metrics, cfg.output))
+    log.info("Metrics written to %s", ", ".join(str(p) for p in written))
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        metrics = evaluate(cfg)
+    except PetsegError as e:
+        log.error("%s", one_line(e))
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    width = max(map(len, metrics), default=0)
+    for name, value in sorted(metrics.items()):
+        print(f"{name:<{width}}  {value:.6f}")
+
+
+if __name__ == "__main__":
+    main()

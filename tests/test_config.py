@@ -1,0 +1,68 @@
+"""Wrong configs fail before any data loads, with one line naming the key and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from petseg.errors import ConfigError
+from petseg.train import train
+
+TINY = [
+    "data=synthetic",
+    "data.synthetic.num_trainval=8",
+    "data.synthetic.num_test=4",
+    "data.synthetic.size=48",
+    "data.image_size=32",
+    "model=segnet_dsc",
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-0.1", r"optimizer\.lr=-0\.1 must be > 0"),
+        ("optimizer.weight_decay=-1", r"optimizer\.weight_decay=-1 must be >= 0"),
+        (
+            "data.image_size=40",
+            r"data\.image_size=40 is not a multiple of 16.*use data\.image_size=32 or 48",
+        ),
+        ("model=segformer", r"data\.image_size=48 is not a multiple of 32.*SegFormer"),
+        ("loss.ignore_index=3", r"loss\.ignore_index=3 is out of range"),
+        ("ckpt_path=/no/such.ckpt", r"ckpt_path=/no/such\.ckpt: no such checkpoint file"),
+        ("ckpt_path=last", r"ckpt_path=last: no checkpoints/last\.ckpt under paths\.log_dir"),
+        ("trainer.max_epochs=0", r"trainer\.max_epochs=0 must be >= 1"),
+        ("data.val_fraction=1.5", r"data\.val_fraction must be in \(0, 1\)"),
+    ],
+)
+def test_bad_value_fails_before_data_loads(override: str, message: str, cfg_factory, tmp_path):
+    extra = ["data.image_size=48"] if override == "model=segformer" else []
+    cfg = cfg_factory(*TINY, *extra, override)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "data" / "synthetic").exists()  # the dataset was never even made
+
+
+def test_ignoring_a_real_class_is_allowed(cfg_factory) -> None:
+    from petseg.config import validate
+
+    validate(cfg_factory(*TINY, "loss.ignore_index=2"))  # leave the border out of the loss
+
+
+def test_resume_last_continues_run_and_wandb_id(cfg_factory, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first = cfg_factory(*TINY, "trainer.max_epochs=1", "test=false")
+    first.paths.output_dir = str(Path(first.paths.log_dir) / "first")
+    train(first)
+    first_status = json.loads((Path(first.paths.output_dir) / "status.json").read_text())
+
+    second = cfg_factory(*TINY, "trainer.max_epochs=2", "test=false", "ckpt_path=last")
+    second.paths.output_dir = str(Path(first.paths.log_dir) / "resumed")
+    train(second)
+    assert second.ckpt_path.endswith("first/checkpoints/last.ckpt")
+    assert second.logger.wandb.id == first_status["wandb_id"]
+    rows = (Path(second.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
+    val_epochs = [r.split(",")[0] for r in rows[1:] if r]
+    assert "1" in val_epochs and "0" not in val_epochs  # continued at epoch 1, not from scratch
