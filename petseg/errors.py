@@ -11,3 +11,7 @@ class DataError(PetsegError):
 
 class ConfigError(PetsegError):
     """A config option has a value petseg cannot use."""
+
+
+class NonFiniteLossError(PetsegError):
+    """The training loss became NaN or Inf; the message names the step and what to try."""

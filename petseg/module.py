@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from petseg.errors import ConfigError
+from petseg.errors import ConfigError, NonFiniteLossError
 from petseg.losses import soft_iou
 from petseg.metrics import SOFT_IOU_SMOOTH, confusion_table, save_confusion, scores_from_confmat
 
@@ -115,6 +115,13 @@ class SegModule(L.LightningModule):
         image, mask = batch["image"], batch["mask"]
         logits = self(image)  # (B, C, H, W)
         loss = self.criterion(logits, mask)
+        if stage == "train" and not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"train/loss is {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); resume from "
+                "checkpoints/last.ckpt with a lower optimizer.lr, trainer.gradient_clip_val=1.0 "
+                "or trainer.precision=32 (trainer.detect_anomaly=true finds the op)"
+            )
         # max(1).indices: same result as argmax(1), ~40x faster on CPU for (B, C, H, W).
         preds = logits.detach().max(1).indices  # (B, H, W)
         self.confmats[f"{stage}_cm"].update(preds, mask)

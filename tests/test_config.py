@@ -66,3 +66,23 @@ def test_resume_last_continues_run_and_wandb_id(cfg_factory, monkeypatch) -> Non
     rows = (Path(second.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
     val_epochs = [r.split(",")[0] for r in rows[1:] if r]
     assert "1" in val_epochs and "0" not in val_epochs  # continued at epoch 1, not from scratch
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good(cfg_factory) -> None:
+    from petseg.errors import NonFiniteLossError
+
+    cfg = cfg_factory(*TINY, "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_epochs=3")
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is (nan|inf) at global step \d+"):
+        train(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    assert not (ckpts / "interrupted.ckpt").exists()  # NaN weights are not saved as a resume point
+
+
+def test_seeded_runs_are_repeatable(cfg_factory, tmp_path) -> None:
+    results = []
+    for name in ("a", "b"):
+        cfg = cfg_factory(*TINY, "trainer.max_epochs=2", "test=false", "seed=7")
+        cfg.paths.output_dir = str(tmp_path / name)
+        results.append(train(cfg))
+    for key in ("train/loss", "val/loss", "val/miou", "val/pixel_acc"):
+        assert results[0][key] == results[1][key], key

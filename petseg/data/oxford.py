@@ -93,6 +93,7 @@ class PetTrimaps(Dataset):
         self.names = list(names)
         self.transform = transform
         self.draft_size = draft_size
+        self._transform_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -104,7 +105,20 @@ class PetTrimaps(Dataset):
             self.base / "annotations" / "trimaps" / f"{name}.png",
         )
 
+    def seed_transform(self) -> None:
+        """Seed albumentations' own RNG from torch's seed for this process.
+
+        albumentations ignores global seeds, and forked DataLoader workers would all copy one RNG
+        state (same augmentations in every worker). torch.initial_seed() differs per worker and
+        epoch and follows `seed=`, so runs repeat and workers differ.
+        """
+        seed = torch.initial_seed() % 2**32
+        if seed != self._transform_seed and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+            self._transform_seed = seed
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        self.seed_transform()
         image_path, trimap_path = self.paths(index)
         mask = load_trimap(trimap_path)
         image, full = load_image(image_path, self.draft_size)
