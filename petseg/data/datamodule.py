@@ -12,7 +12,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from petseg.data.oxford import BASE_FOLDER, PetTrimaps, find_base, load_trimap, read_split
+from petseg.data.check import usable_names
+from petseg.data.oxford import (
+    BASE_FOLDER,
+    PetTrimaps,
+    SubstituteBad,
+    find_base,
+    load_trimap,
+    read_split,
+)
+from petseg.data.sampler import EpochSampler
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import ConfigError, DataError
@@ -35,6 +44,7 @@ class PetDataModule(L.LightningDataModule):
         train_transforms: Sequence[A.BasicTransform] = (),
         synthetic: dict[str, Any] | None = None,
         eval_augment: bool = False,
+        skip_bad: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -56,6 +66,8 @@ class PetDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         # val/test through the training augmentations too: the article's evaluation protocol.
         self.eval_augment = eval_augment
+        # Samples with files training cannot read: skipped with a warning, else setup stops.
+        self.skip_bad = skip_bad
         self.train_set: PetTrimaps | None = None
         self.val_set: PetTrimaps | None = None
         self.test_set: PetTrimaps | None = None
@@ -108,10 +120,14 @@ class PetDataModule(L.LightningDataModule):
         self.prepare_data()
         base = self.base()
         counts = torch.zeros(self.num_classes, dtype=torch.float64)
-        for name in self.split_names()[0]:
+        for name in self.usable({"train": self.split_names()[0]})["train"]:
             labels = load_trimap(base / "annotations" / "trimaps" / f"{name}.png")
             counts += torch.from_numpy(np.bincount(labels.ravel(), minlength=self.num_classes))
         return counts
+
+    def usable(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+        """`splits` less exclude.txt's names and broken samples (these stop setup, or skip_bad)."""
+        return usable_names(self.base(), splits, self.root, self.skip_bad)
 
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
@@ -121,17 +137,22 @@ class PetDataModule(L.LightningDataModule):
         evaluate = augment if self.eval_augment else eval_pipeline(self.image_size)
         if stage in (None, "fit", "validate") and self.train_set is None:
             train, val = self.split_names()
-            self.train_set = PetTrimaps(base, train, augment, draft)
-            self.val_set = PetTrimaps(base, val, evaluate, draft)
+            usable = self.usable({"train": train, "val": val})
+            self.train_set = PetTrimaps(base, usable["train"], augment, draft)
+            self.val_set = PetTrimaps(base, usable["val"], evaluate, draft)
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = PetTrimaps(base, read_split(base, "test"), evaluate, draft)
+            test = self.usable({"test": read_split(base, "test")})["test"]
+            self.test_set = PetTrimaps(base, test, evaluate, draft)
 
     def _loader(self, dataset: PetTrimaps | None, shuffle: bool) -> DataLoader:
         assert dataset is not None, "call setup() first"
+        # torch.initial_seed() is `seed=` (seed_everything ran before the loaders are made).
+        seed = torch.initial_seed() % 2**32
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)
         return DataLoader(
-            dataset,
+            SubstituteBad(dataset),  # a file gone bad after setup's check costs a warning
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -64,11 +65,16 @@ def load_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, t
         raise DataError(f"{path}: cannot decode image ({e}); remove or replace the file") from None
 
 
+def trimap_raw(img: Image.Image) -> np.ndarray:
+    """Raw values (H, W) of an open trimap: palette indices or grey levels as stored."""
+    return np.asarray(img.convert("L") if img.mode not in ("L", "P") else img)
+
+
 def load_trimap(path: Path) -> np.ndarray:
     """Trimap as labels uint8 (H, W) in {0, 1, 2}; any other raw value is an error, not a guess."""
     try:
         with Image.open(path) as img:
-            raw = np.asarray(img.convert("L") if img.mode not in ("L", "P") else img)
+            raw = trimap_raw(img)
     except FileNotFoundError:
         raise DataError(f"{path}: trimap not found for this image") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -117,8 +123,16 @@ class PetTrimaps(Dataset):
             self.transform.set_random_seed(seed)
             self._transform_seed = seed
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        self.seed_transform()
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`dataset[i]`, or `dataset[(i, seed)]` from EpochSampler: augment with that seed."""
+        if isinstance(key, tuple):
+            index, seed = key
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(seed)
+                self._transform_seed = None
+        else:
+            index = key
+            self.seed_transform()
         image_path, trimap_path = self.paths(index)
         mask = load_trimap(trimap_path)
         image, full = load_image(image_path, self.draft_size)
@@ -136,3 +150,36 @@ class PetTrimaps(Dataset):
             "image": image_t.float().div_(255.0),  # (3, H, W) in [0, 1]
             "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),  # (H, W)
         }
+
+
+class SubstituteBad(Dataset):
+    """A PetTrimaps whose sample that fails to load is replaced by the next one, with a warning.
+
+    The DataModule's loaders use it: setup's check already dropped the bad files, so this only
+    catches a file that went bad after setup, and one such file costs a warning, not the epoch.
+    Indexing the PetTrimaps itself still raises.
+    """
+
+    def __init__(self, dataset: PetTrimaps, max_tries: int = 10) -> None:
+        self.dataset = dataset
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int | tuple[int, ...]) -> dict[str, torch.Tensor]:
+        # A sampler may pass (index, augmentation seed): substitute the index, keep the rest.
+        first, *rest = index if isinstance(index, tuple) else (index,)
+        tries = min(self.max_tries, len(self.dataset))
+        for step in range(tries):
+            other = (first + step) % len(self.dataset)
+            try:
+                return self.dataset[(other, *rest) if rest else other]
+            except DataError as e:
+                error = e
+                warnings.warn(
+                    f"{e}; loading the next sample in its place (it changed after setup's check: "
+                    "run `python -m petseg.data.check`)",
+                    stacklevel=2,
+                )
+        raise DataError(f"{tries} samples in a row from index {index} fail to load; last: {error}")
