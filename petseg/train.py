@@ -5,6 +5,7 @@ This is the only place objects are wired together; everything else is built from
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -161,6 +162,32 @@ def resolve_resume(cfg: DictConfig) -> None:
     log.info("Resuming from %s (W&B run %s)", path, wandb_id or "new")
 
 
+def replay_csv_history(ckpt_path: Path, loggers: list[Any]) -> None:
+    """Copy the resumed run's CSV rows from before the checkpoint into this run's metrics.csv.
+
+    The resumed run writes to a new folder; with the old rows up to the checkpoint's step (and not
+    the ones after it, from an epoch cut short), its metrics.csv is the whole history once.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    old = ckpt_path.parent.parent / "csv" / "metrics.csv"
+    csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
+    if not old.is_file() or not csv_loggers:
+        return
+    step = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)["global_step"]
+    with old.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) < step]
+    for row in rows:
+        values: dict[str, float] = {
+            k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"
+        }
+        if "epoch" in values:
+            values["epoch"] = int(values["epoch"])
+        for logger in csv_loggers:
+            logger.log_metrics(values, step=int(row["step"]))
+    log.info("Resumed history: %d rows before step %d from %s", len(rows), step, old)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper."""
     validate(cfg)  # before any data loads
@@ -191,6 +218,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **stats})
+        if cfg.get("ckpt_path"):
+            replay_csv_history(Path(cfg.ckpt_path), trainer.loggers)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = to_floats(trainer.callback_metrics)
         best = trainer.checkpoint_callback
