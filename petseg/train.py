@@ -46,15 +46,21 @@ def model_stats(net: torch.nn.Module, image_size: int, in_channels: int = 3) -> 
 
 
 def apply_wandb_env(cfg: DictConfig) -> None:
-    """WANDB_MODE in the environment wins over `logger.wandb.offline`; `disabled` drops W&B."""
-    mode = os.environ.get("WANDB_MODE")
-    if not mode or not cfg.get("logger") or "wandb" not in cfg.logger:
+    """WANDB_MODE in the environment wins over `logger.wandb.offline`; `disabled` drops W&B.
+
+    Checkpoint artifacts (`log_model`) are uploaded only online: offline they cannot be.
+    """
+    if not cfg.get("logger") or "wandb" not in cfg.logger:
         return
+    mode = os.environ.get("WANDB_MODE")
     with open_dict(cfg):
         if mode == "disabled":
             del cfg.logger["wandb"]
-        else:
+            return
+        if mode:
             cfg.logger.wandb.offline = mode in ("offline", "dryrun")
+        if cfg.logger.wandb.offline:
+            cfg.logger.wandb.log_model = False
 
 
 def hydra_runtime() -> Any | None:

@@ -86,3 +86,31 @@ def test_seeded_runs_are_repeatable(cfg_factory, tmp_path) -> None:
         results.append(train(cfg))
     for key in ("train/loss", "val/loss", "val/miou", "val/pixel_acc"):
         assert results[0][key] == results[1][key], key
+
+
+def test_misspelt_key_and_unknown_option_are_refused_by_hydra() -> None:
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    from conftest import compose_config
+
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        compose_config(["trainer.max_epoch=5"])
+    with pytest.raises(MissingConfigException, match="loss/focall"):
+        compose_config(["loss=focall"])
+
+
+def test_wandb_artifacts_only_online(cfg_factory, monkeypatch) -> None:
+    from petseg.train import apply_wandb_env
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = cfg_factory()
+    apply_wandb_env(cfg)
+    assert cfg.logger.wandb.offline and cfg.logger.wandb.log_model is False
+    monkeypatch.setenv("WANDB_MODE", "online")
+    cfg = cfg_factory()
+    apply_wandb_env(cfg)
+    assert not cfg.logger.wandb.offline and cfg.logger.wandb.log_model is True
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = cfg_factory()
+    apply_wandb_env(cfg)
+    assert "wandb" not in cfg.logger
