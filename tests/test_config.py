@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -63,9 +64,10 @@ def test_resume_last_continues_run_and_wandb_id(cfg_factory, monkeypatch) -> Non
     train(second)
     assert second.ckpt_path.endswith("first/checkpoints/last.ckpt")
     assert second.logger.wandb.id == first_status["wandb_id"]
-    rows = (Path(second.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
-    val_epochs = [r.split(",")[0] for r in rows[1:] if r]
-    assert "1" in val_epochs and "0" not in val_epochs  # continued at epoch 1, not from scratch
+    with (Path(second.paths.output_dir) / "csv" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    # epoch 0 carried over from the first run's history, epoch 1 trained here: each once
+    assert [int(r["epoch"]) for r in rows if r.get("val/miou")] == [0, 1]
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good(cfg_factory) -> None:

@@ -170,7 +170,7 @@ def test_cli_missing_dataset_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_bad_trimap_in_worker_is_one_line(tiny_pets: Path, tmp_path: Path) -> None:
+def test_cli_bad_trimaps_stop_with_one_error_line_and_report(tiny_pets: Path, tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
@@ -188,7 +188,9 @@ def test_cli_bad_trimap_in_worker_is_one_line(tiny_pets: Path, tmp_path: Path) -
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and ".png: trimap has values [7]" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "bad files in the train split" in errors[0], proc.stderr[-2000:]
+    assert "synthetic_1.png: trimap-values: values [7]" in proc.stderr  # the check's report
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -1,0 +1,179 @@
+"""petseg.predict: masks at each image's own size in trimap values, overlays, cutouts; bad files
+are skipped one line each; nothing written or no input is exit 1."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+
+from petseg.errors import ConfigError
+from petseg.predict import output_names, predict, run
+from petseg.train import train
+
+from conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data=synthetic",
+    "data.synthetic.num_trainval=8",
+    "data.synthetic.num_test=4",
+    "data.synthetic.size=48",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "model=segnet_dsc",
+    "trainer.max_epochs=1",
+    "test=false",
+    "logger=csv",
+]
+GOOD = {"photo.jpg": (50, 37), "rgba.png": (120, 80), "gray.jpg": (64, 48)}  # name: (W, H)
+BAD = ("notes.txt", "broken.jpg")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segnet_dsc trained 1 epoch at 32 px, in a run folder as the CLI leaves it."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("train")
+    base = [f"paths.root_dir={tmp}", "trainer.accelerator=cpu", "trainer.devices=1"]
+    cfg = compose_config([*base, *TINY])
+    run_dir = tmp / "run"
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    train(cfg)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # Hydra writes it beside checkpoints/
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """3 readable images of odd sizes and modes, a text file and a truncated JPEG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+
+    def noise(w: int, h: int, c: int) -> np.ndarray:
+        return rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+
+    Image.fromarray(noise(*GOOD["photo.jpg"], 3)).save(folder / "photo.jpg", quality=90)
+    Image.fromarray(noise(*GOOD["rgba.png"], 4)).save(folder / "rgba.png")
+    Image.fromarray(noise(*GOOD["gray.jpg"], 1)[..., 0]).save(folder / "gray.jpg", format="PNG")
+    (folder / "notes.txt").write_text("not an image\n")
+    buf = io.BytesIO()
+    Image.fromarray(noise(64, 64, 3)).save(buf, format="JPEG")
+    (folder / "broken.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "sub").mkdir()  # subfolders are not read
+    return folder
+
+
+def predict_config(tmp_path: Path, *overrides: str):
+    """conf/predict.yaml as the CLI would compose it, run folder under tmp_path."""
+    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides], config_name="predict")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "predict")
+    return cfg
+
+
+def test_predict_mixed_folder(ckpt: Path, mixed: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    cfg = predict_config(
+        tmp_path, f"ckpt_path={ckpt}", f"input={mixed}", f"output={out}", "cutout=true"
+    )
+    assert run(cfg) == 0
+    printed = capsys.readouterr()
+    assert "3 written, 2 skipped" in printed.out
+
+    result = predict(cfg)  # the same again, through the function the CLI wraps
+    assert result["image_size"] == 32  # data.image_size of the run that wrote the checkpoint
+    assert result["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert sorted(Path(p).name for p in result["written"]) == sorted(GOOD)
+    assert sorted(Path(p).name for p in result["skipped"]) == sorted(BAD)
+    for path, reason in result["skipped"].items():
+        assert reason.startswith(path) and "\n" not in reason
+    for name, (w, h) in GOOD.items():
+        stem = Path(name).stem
+        files = [out / f"{stem}_{kind}.png" for kind in ("mask", "overlay", "cutout")]
+        assert result["written"][str(mixed / name)] == [str(f) for f in files]
+        mask, over, cut = (Image.open(f) for f in files)
+        assert (mask.mode, mask.size) == ("L", (w, h))
+        assert (over.mode, over.size) == ("RGB", (w, h))
+        assert (cut.mode, cut.size) == ("RGBA", (w, h))
+        values = np.asarray(mask)
+        assert set(np.unique(values).tolist()) <= {1, 2, 3}
+        alpha = np.asarray(cut)[..., 3]
+        np.testing.assert_array_equal(alpha == 0, values == 2)  # 2: background
+        assert set(np.unique(alpha).tolist()) <= {0, 255}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{Path(n).stem}_{k}.png" for n in GOOD for k in ("mask", "overlay", "cutout")
+    )
+
+
+def test_image_size_sources_and_single_file(ckpt: Path, mixed: Path, tmp_path: Path) -> None:
+    image = mixed / "rgba.png"
+    common = [f"input={image}", "overlay_format=jpg"]
+    lone = tmp_path / "lone" / "model.ckpt"  # no run folder around it: the default size
+    lone.parent.mkdir()
+    shutil.copy(ckpt, lone)
+    result = predict(predict_config(tmp_path, f"ckpt_path={lone}", *common))
+    assert result["image_size"] == 128
+    assert Path(result["output"]) == tmp_path / "predict" / "predictions"
+    mask, overlay = (Image.open(f) for f in result["written"][str(image)])
+    assert mask.size == overlay.size == GOOD["rgba.png"] and overlay.format == "JPEG"
+
+    result = predict(predict_config(tmp_path, f"ckpt_path={ckpt}", "image_size=64", *common))
+    assert result["image_size"] == 64
+    with pytest.raises(ConfigError, match=r"^image_size=40 .* multiple of 16"):
+        predict(predict_config(tmp_path, f"ckpt_path={ckpt}", "image_size=40", *common))
+
+
+def test_nothing_readable_is_exit_1(ckpt: Path, mixed: Path, tmp_path: Path, capsys) -> None:
+    for name in GOOD:
+        (mixed / name).unlink()
+    cfg = predict_config(tmp_path, f"ckpt_path={ckpt}", f"input={mixed}", f"output={tmp_path}/o")
+    assert run(cfg) == 1
+    printed = capsys.readouterr()
+    assert "0 written, 2 skipped" in printed.out
+    errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"input={mixed}" in errors[0]
+
+
+def test_missing_options_are_config_errors(ckpt: Path, mixed: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^input is not set"):
+        predict(predict_config(tmp_path, f"ckpt_path={ckpt}"))
+    with pytest.raises(ConfigError, match=r"^input=.*nowhere: no such file or folder"):
+        predict(predict_config(tmp_path, f"ckpt_path={ckpt}", f"input={tmp_path}/nowhere"))
+    with pytest.raises(ConfigError, match=r"^ckpt_path=.*nope\.ckpt: no such file"):
+        predict(predict_config(tmp_path, f"ckpt_path={tmp_path}/nope.ckpt", f"input={mixed}"))
+    with pytest.raises(ConfigError, match=r"^output=.* is the input folder"):
+        predict(predict_config(tmp_path, f"ckpt_path={ckpt}", f"input={mixed}", f"output={mixed}"))
+
+
+def test_output_names_keep_inputs_apart() -> None:
+    paths = [Path("a/cat.jpg"), Path("a/cat.png"), Path("a/dog.jpg")]
+    assert list(output_names(paths).values()) == ["cat_jpg", "cat_png", "dog"]
+
+
+def test_cli_empty_folder_is_one_error_line(ckpt: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "petseg.predict", f"ckpt_path={ckpt}", f"input={empty}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"input={empty}" in errors[0] and "no files" in errors[0]
+    assert "Traceback" not in proc.stderr

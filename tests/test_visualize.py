@@ -1,0 +1,220 @@
+"""Prediction pictures: the pure drawing functions; the callback in a tiny run with offline W&B."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from petseg.errors import ConfigError
+from petseg.train import train
+from petseg.visualize import (
+    GAP,
+    IGNORED,
+    LINE,
+    PredictionImages,
+    colorize,
+    prediction_grid,
+    save_gif,
+    tile_scale,
+    to_rgb,
+)
+
+NAMES = ["pet", "background", "border"]
+LAYERS = ("ground_truth", "predictions")
+TINY = [
+    "data=synthetic",
+    "data.synthetic.num_trainval=8",
+    "data.synthetic.num_test=4",
+    "data.synthetic.size=48",
+    "data.image_size=32",
+    "data.val_fraction=0.25",  # 2 val images: a grid of 2 rows
+    "model=segnet_dsc",
+]
+
+
+def test_colorize_gives_each_class_its_colour_and_ignored_grey() -> None:
+    mask = np.array([[0, 1], [2, -100]])
+    rgb = np.asarray(colorize(mask, num_classes=3))
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [230, 159, 0]  # pet: orange
+    assert rgb[0, 1].tolist() == [0, 114, 178]  # background: blue
+    assert rgb[1, 0].tolist() == [240, 228, 66]  # border: yellow
+    assert rgb[1, 1].tolist() == IGNORED.tolist()
+    assert np.asarray(colorize(np.array([[3]]), num_classes=3))[0, 0].tolist() == IGNORED.tolist()
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        colorize(np.zeros((1, 2, 2), np.int64))
+
+
+def test_to_rgb_scales_clips_and_moves_channels_last() -> None:
+    image = np.zeros((3, 1, 4), np.float32)
+    image[:, 0] = [0.0, 1.0, 2.0, -1.0]  # every channel
+    rgb = to_rgb(image)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
+    assert rgb[0, :, 0].tolist() == [0, 255, 255, 0]
+    assert to_rgb(rgb) is rgb  # uint8 (H, W, 3) passes through
+
+
+@pytest.mark.parametrize(
+    ("size", "rows", "title"), [(32, 1, None), (32, 3, "epoch 2"), (128, 2, "x")]
+)
+def test_grid_is_rows_by_three_tiles_in_place(size: int, rows: int, title: str | None) -> None:
+    colour = np.array([10, 200, 30], np.uint8)
+    images = [np.broadcast_to(colour, (size, size, 3)).copy() for _ in range(rows)]
+    masks = [np.full((size, size), 2) for _ in range(rows)]  # border everywhere
+    preds = [np.full((size, size), r % 3) for r in range(rows)]  # row r predicts class r
+    grid = prediction_grid(images, masks, preds, NAMES, title=title)
+
+    tile = size * tile_scale(size, size)
+    assert tile == max(size, 96)
+    top = LINE * (2 if title else 1)
+    assert grid.size == (3 * tile + 4 * GAP, top + rows * (tile + GAP) + GAP + LINE)
+    pixels = np.asarray(grid)
+    for r in range(rows):
+        y = top + GAP + r * (tile + GAP) + tile // 2
+        centres = [pixels[y, GAP + c * (tile + GAP) + tile // 2].tolist() for c in range(3)]
+        expected = [colour.tolist(), [240, 228, 66], np.asarray(colorize(preds[r]))[0, 0].tolist()]
+        assert centres == expected, r
+
+
+def test_grid_legend_wraps_long_class_names() -> None:
+    images, masks = [np.zeros((32, 32, 3), np.uint8)], [np.zeros((32, 32), np.int64)]
+    short = prediction_grid(images, masks, masks, NAMES)
+    long = prediction_grid(
+        images, masks, masks, [f"a rather long class name {i}" for i in range(6)]
+    )
+    assert long.width == short.width and long.height > short.height + LINE
+
+
+def test_grid_needs_matching_inputs() -> None:
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="as many"):
+        prediction_grid([image], [], [], NAMES)
+    with pytest.raises(ValueError, match="tiles must all be 32x32"):
+        prediction_grid([image], [np.zeros((16, 16))], [np.zeros((32, 32))], NAMES)
+
+
+def test_save_gif_has_every_frame_and_loops(tmp_path: Path) -> None:
+    frames = []
+    for i, colour in enumerate(["red", "blue", "green"]):
+        frames.append(tmp_path / f"epoch_{i:03d}.png")
+        Image.new("RGB", (20, 10), colour).save(frames[-1])
+    gif = save_gif(frames, tmp_path / "evolution.gif", duration_ms=300)
+    with Image.open(gif) as img:
+        assert img.n_frames == 3 and img.size == (20, 10)
+        assert img.info["loop"] == 0 and img.info["duration"] == 300
+
+
+@pytest.mark.parametrize("option", ["num_images", "every_n_epochs"])
+def test_callback_options_are_checked(option: str) -> None:
+    with pytest.raises(ConfigError, match=f"callbacks.prediction_images.{option} must be >= 1"):
+        PredictionImages(**{option: 0})
+
+
+def wandb_records(path: Path) -> list[Any]:
+    """The protobuf records of a `.wandb` file (wandb's LevelDB-style log: 32 KiB blocks of
+    chunks, each `crc32 u32, length u16, type u8` then data; type 1 full, 2 first, 3 middle,
+    4 last). wandb 0.31 ships no Python reader, so a small one here."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", data[:7]
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def history_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """Each logged history row as {"a/b": value}, nested keys joined with "/"."""
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = record.history.item
+            rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in items})
+    return rows
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_factory(*TINY, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "test=false")
+    assert cfg.callbacks.prediction_images.num_images == 8  # more than the 2 val images
+    metrics = train(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    val_masks = [datamodule.val_set[i]["mask"].numpy() for i in range(len(datamodule.val_set))]
+    assert len(val_masks) == 2
+
+    # Local: one grid per epoch (not the sanity check), 2 rows x 3 tiles of 96 px, and the GIF.
+    run = Path(cfg.paths.output_dir)
+    folder = run / "predictions"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch_000.png",
+        "epoch_001.png",
+        "evolution.gif",
+    ]
+    tile, top = 96, 2 * LINE
+    for png in ("epoch_000.png", "epoch_001.png"):
+        grid = np.asarray(Image.open(folder / png).convert("RGB"))
+        assert grid.shape == (top + 2 * (tile + GAP) + GAP + LINE, 3 * tile + 4 * GAP, 3)
+        for row, mask in enumerate(val_masks):  # the ground-truth column is the val set's masks
+            y, x = top + GAP + row * (tile + GAP), 2 * GAP + tile
+            shown = grid[y : y + tile : 3, x : x + tile : 3]
+            assert np.array_equal(shown, np.asarray(colorize(mask, 3))), (png, row)
+    with Image.open(folder / "evolution.gif") as gif:
+        assert gif.n_frames == 2 and gif.size == (3 * tile + 4 * GAP, grid.shape[0])
+
+    # W&B offline run: images with both mask layers per val epoch, their files, and the metrics.
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    records = wandb_records(next(offline.glob("*.wandb")))
+    rows = history_rows(records)
+    pictured = [row for row in rows if "val/predictions/_type" in row]
+    assert [row["epoch"] for row in pictured] == [0, 1]
+    for row in pictured:
+        assert row["val/predictions/count"] == 2
+        assert row["val/predictions/captions"] == [f"val[{i}] epoch {row['epoch']}" for i in (0, 1)]
+        layers = row["val/predictions/all_masks"]
+        assert len(layers) == 2 and all(set(m) == set(LAYERS) for m in layers)
+        for i, layer in enumerate(layers):
+            truth = np.asarray(Image.open(offline / "files" / layer["ground_truth"]["path"]))
+            assert np.array_equal(truth, val_masks[i])
+            pred = np.asarray(Image.open(offline / "files" / layer["predictions"]["path"]))
+            assert pred.shape == (32, 32) and set(np.unique(pred)) <= {0, 1, 2}
+        for name in row["val/predictions/filenames"]:
+            assert (offline / "files" / name).is_file()
+    wandb_config = [
+        json.loads(u.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for u in r.config.update
+        if u.key == "_wandb"
+    ][-1]
+    labels = wandb_config["mask/class_labels"]
+    assert sorted(labels) == [f"val/predictions_wandb_delimeter_{k}" for k in LAYERS]
+    assert all(
+        v["value"] == {"0": "pet", "1": "background", "2": "border"} for v in labels.values()
+    )
+    mious = [row["val/miou"] for row in rows if "val/miou" in row]
+    assert len(mious) == 2 and all(0.0 <= m <= 1.0 for m in mious)
+    assert mious[-1] == pytest.approx(metrics["val/miou"])
