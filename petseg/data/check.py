@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from petseg.atomic import atomic_open
 from petseg.data.oxford import BASE_FOLDER, find_base, read_split, trimap_raw
 from petseg.errors import DataError, PetsegError
 
@@ -191,19 +191,9 @@ def load_cache(path: Path, base: Path) -> dict[str, list]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename: a crash leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the dataset read it too
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A crash leaves the old file or the new, never half of one."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def save_cache(path: Path, base: Path, files: dict[str, list]) -> None:

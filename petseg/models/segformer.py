@@ -8,14 +8,13 @@ the FFN (Mix-FFN) supplies position information, so there are no position embedd
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petseg.models.blocks import check_divisible
+from petseg.models.blocks import check_divisible, init_conv_bn, init_linear_norm
 
 
 class DropPath(nn.Module):
@@ -203,18 +202,8 @@ class SegFormer(nn.Module):
 
     def _init_weights(self) -> None:
         """As the official code: trunc-normal linears, fan-out He convs, unit norms."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm | nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Conv2d):
-                fan_out = module.weight[0, 0].numel() * module.out_channels // module.groups
-                nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        self.apply(init_linear_norm)
+        self.apply(init_conv_bn)
         # Small classifier weights (as mmseg's decode heads): near-uniform first predictions.
         nn.init.normal_(self.linear_pred.weight, std=0.01)
 

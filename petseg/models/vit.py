@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petseg.models.blocks import check_divisible
+from petseg.models.blocks import check_divisible, init_linear_norm
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -113,13 +113,7 @@ class ViTSeg(nn.Module):
 
     def _init_weights(self) -> None:
         """Truncated-normal linears and unit norms as ViT/timm; randn positions as the article."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm | nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.apply(init_linear_norm)
         nn.init.normal_(self.pos_embed)
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
