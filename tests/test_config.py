@@ -11,14 +11,7 @@ import pytest
 from petseg.errors import ConfigError
 from petseg.train import train
 
-TINY = [
-    "data=synthetic",
-    "data.synthetic.num_trainval=8",
-    "data.synthetic.num_test=4",
-    "data.synthetic.size=48",
-    "data.image_size=32",
-    "model=segnet_dsc",
-]
+from conftest import TINY
 
 
 @pytest.mark.parametrize(

@@ -18,17 +18,9 @@ from petseg.data.datamodule import PetDataModule
 from petseg.module import SegModule
 from petseg.train import train
 
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, TINY, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "data=synthetic",
-    "data.synthetic.num_trainval=8",
-    "data.synthetic.num_test=4",
-    "data.synthetic.size=48",
-    "data.image_size=32",
-    "model=segnet_dsc",
-]
 
 
 def group_options(group: str) -> list[str]:
@@ -170,7 +162,9 @@ def test_cli_missing_dataset_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_bad_trimaps_stop_with_one_error_line_and_report(tiny_pets: Path, tmp_path: Path) -> None:
+def test_cli_bad_trimaps_stop_with_one_error_line_and_report(
+    tiny_pets: Path, tmp_path: Path
+) -> None:
     import numpy as np
     from PIL import Image
 
