@@ -26,17 +26,10 @@ from petseg.visualize import (
     to_rgb,
 )
 
+from conftest import TINY
+
 NAMES = ["pet", "background", "border"]
 LAYERS = ("ground_truth", "predictions")
-TINY = [
-    "data=synthetic",
-    "data.synthetic.num_trainval=8",
-    "data.synthetic.num_test=4",
-    "data.synthetic.size=48",
-    "data.image_size=32",
-    "data.val_fraction=0.25",  # 2 val images: a grid of 2 rows
-    "model=segnet_dsc",
-]
 
 
 def test_colorize_gives_each_class_its_colour_and_ignored_grey() -> None:
@@ -50,6 +43,8 @@ def test_colorize_gives_each_class_its_colour_and_ignored_grey() -> None:
     assert np.asarray(colorize(np.array([[3]]), num_classes=3))[0, 0].tolist() == IGNORED.tolist()
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         colorize(np.zeros((1, 2, 2), np.int64))
+    with pytest.raises(ValueError, match="integer labels"):
+        colorize(np.zeros((2, 2), np.float32))
 
 
 def test_to_rgb_scales_clips_and_moves_channels_last() -> None:
@@ -97,7 +92,7 @@ def test_grid_needs_matching_inputs() -> None:
     with pytest.raises(ValueError, match="as many"):
         prediction_grid([image], [], [], NAMES)
     with pytest.raises(ValueError, match="tiles must all be 32x32"):
-        prediction_grid([image], [np.zeros((16, 16))], [np.zeros((32, 32))], NAMES)
+        prediction_grid([image], [np.zeros((16, 16), int)], [np.zeros((32, 32), int)], NAMES)
 
 
 def test_save_gif_has_every_frame_and_loops(tmp_path: Path) -> None:
@@ -158,7 +153,13 @@ def history_rows(records: list[Any]) -> list[dict[str, Any]]:
 @pytest.mark.slow
 def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = cfg_factory(*TINY, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "test=false")
+    cfg = cfg_factory(
+        *TINY,
+        "data.val_fraction=0.25",  # 2 val images: a grid of 2 rows
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+    )
     assert cfg.callbacks.prediction_images.num_images == 8  # more than the 2 val images
     metrics = train(cfg)
     datamodule = instantiate(cfg.data)
@@ -218,3 +219,45 @@ def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> 
     mious = [row["val/miou"] for row in rows if "val/miou" in row]
     assert len(mious) == 2 and all(0.0 <= m <= 1.0 for m in mious)
     assert mious[-1] == pytest.approx(metrics["val/miou"])
+
+
+def test_callback_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) -> None:
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from petseg.module import SegModule
+
+    torch.manual_seed(0)
+    module = SegModule(
+        net={"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    )
+    items = [
+        {"image": torch.rand(3, 16, 16), "mask": torch.randint(0, 3, (16, 16))} for _ in range(3)
+    ]
+    loader = DataLoader(items, batch_size=3)  # no datamodule: the val loader's dataset is used
+    callback = PredictionImages(num_images=2, every_n_epochs=2)
+    calls = []
+    predict = callback._predict
+    callback._predict = lambda *args: calls.append(1) or predict(*args)  # type: ignore[method-assign]
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
+    trainer.fit(module, loader, loader)
+    # Epochs 0 and 2 by every_n_epochs, 3 as the last; none for the sanity check.
+    assert len(calls) == 3 and sorted(callback.frames) == [0, 2, 3]
+    names = sorted(p.name for p in (tmp_path / "predictions").iterdir())
+    assert names == ["epoch_000.png", "epoch_002.png", "epoch_003.png", "evolution.gif"]
+    with Image.open(tmp_path / "predictions" / "epoch_000.png") as grid:
+        tile = 16 * tile_scale(16, 16)
+        assert grid.size == (3 * tile + 4 * GAP, 2 * LINE + 2 * (tile + GAP) + GAP + LINE)

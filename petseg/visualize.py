@@ -1,0 +1,276 @@
+"""Prediction pictures: fixed validation images with their true and predicted masks, per epoch.
+
+The drawing functions are pure (numpy in, PIL out). `PredictionImages` is the callback that uses
+them: `<run>/predictions/epoch_NNN.png` grids (rows images; columns input, ground truth,
+prediction), `predictions/evolution.gif` at the end of fit, and W&B mask overlays when W&B logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image, ImageDraw, ImageFont
+
+from petseg.errors import ConfigError
+
+# Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
+PALETTE = np.array(
+    [
+        [230, 159, 0],  # 0 pet: orange
+        [0, 114, 178],  # 1 background: blue
+        [240, 228, 66],  # 2 border: yellow
+        [0, 158, 115],
+        [204, 121, 167],
+        [213, 94, 0],
+        [86, 180, 233],
+        [0, 0, 0],
+    ],
+    dtype=np.uint8,
+)
+IGNORED = np.array([128, 128, 128], dtype=np.uint8)  # labels outside [0, num_classes): grey
+COLUMNS = ("input", "ground truth", "prediction")
+GAP = 2  # pixels between tiles and around the grid
+LINE = 16  # height of one text line (title, column heads, legend)
+MIN_TILE = 96  # small images are scaled up by a whole factor to at least this
+WANDB_IGNORED = 255  # mask value W&B gets for labels outside the classes
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    r, g, b = PALETTE[label % len(PALETTE)]
+    return int(r), int(g), int(b)
+
+
+def colorize(mask: np.ndarray, num_classes: int = len(PALETTE)) -> Image.Image:
+    """Labels (H, W) -> RGB picture; labels outside [0, num_classes) (e.g. ignore_index) grey."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask is (H, W) labels, got shape {mask.shape}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"a mask holds integer labels, got dtype {mask.dtype}")
+    valid = (mask >= 0) & (mask < num_classes)
+    colours = PALETTE[np.where(valid, mask, 0) % len(PALETTE)]  # (H, W, 3)
+    colours[~valid] = IGNORED
+    return Image.fromarray(colours, mode="RGB")
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """An image as uint8 (H, W, 3): from float (3, H, W) in [0, 1] (a batch item) or uint8 as is."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        return image
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"an image is float (3, H, W) or uint8 (H, W, 3), got {image.shape}")
+    return (np.clip(image.transpose(1, 2, 0), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def tile_scale(height: int, width: int, min_tile: int = MIN_TILE) -> int:
+    """The whole factor that brings the shorter side of an image up to at least min_tile."""
+    return max(1, math.ceil(min_tile / max(1, min(height, width))))
+
+
+def prediction_grid(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    title: str | None = None,
+    min_tile: int = MIN_TILE,
+) -> Image.Image:
+    """Rows of (input, ground truth, prediction) tiles, column heads, a title and a legend.
+
+    Size: width `3 * tile_w + 4 * GAP`; height `LINE` per header line (title, column heads),
+    `rows * (tile_h + GAP) + GAP` for the tiles and `LINE` per legend line.
+    """
+    if not len(images) == len(masks) == len(preds) > 0:
+        raise ValueError(
+            f"need as many images, masks and preds (> 0), got {len(images)}, {len(masks)}, "
+            f"{len(preds)}"
+        )
+    rgbs = [to_rgb(image) for image in images]
+    h, w = rgbs[0].shape[:2]
+    scale = tile_scale(h, w, min_tile)
+    tile_w, tile_h = w * scale, h * scale
+    width = 3 * tile_w + 4 * GAP
+    font = ImageFont.load_default(size=11)
+    legend = legend_lines(class_names, font, width)
+    top = LINE * (2 if title else 1)
+    height = top + len(rgbs) * (tile_h + GAP) + GAP + LINE * len(legend)
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((GAP, 2), title, fill="black", font=font)
+    for col, head in enumerate(COLUMNS):
+        draw.text((GAP + col * (tile_w + GAP), top - LINE + 2), head, fill="black", font=font)
+    num_classes = len(class_names)
+    for row, (rgb, mask, pred) in enumerate(zip(rgbs, masks, preds, strict=True)):
+        tiles = (Image.fromarray(rgb), colorize(mask, num_classes), colorize(pred, num_classes))
+        y = top + GAP + row * (tile_h + GAP)
+        for col, tile in enumerate(tiles):
+            if tile.size != (w, h):
+                raise ValueError(f"row {row}: tiles must all be {w}x{h}, got {tile.size}")
+            # Nearest: masks keep exact colours, and the input shows the pixels the model saw.
+            tile = tile.resize((tile_w, tile_h), Image.Resampling.NEAREST)
+            grid.paste(tile, (GAP + col * (tile_w + GAP), y))
+    y = top + len(rgbs) * (tile_h + GAP) + GAP
+    for line in legend:
+        for x, label, name in line:
+            draw.rectangle((x, y + 3, x + 9, y + 12), fill=class_colour(label), outline="black")
+            draw.text((x + 13, y + 2), name, fill="black", font=font)
+        y += LINE
+    return grid
+
+
+def legend_lines(
+    class_names: Sequence[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
+) -> list[list[tuple[int, int, str]]]:
+    """Legend entries `(x, label, name)` laid out left to right, wrapped to fit `width`."""
+    lines: list[list[tuple[int, int, str]]] = [[]]
+    x = GAP
+    for label, name in enumerate(class_names):
+        entry = 13 + math.ceil(font.getlength(name)) + 10  # swatch, name, space
+        if lines[-1] and x + entry > width:
+            lines.append([])
+            x = GAP
+        lines[-1].append((x, label, name))
+        x += entry
+    return lines
+
+
+def save_gif(frames: Sequence[str | Path], path: str | Path, duration_ms: int = 800) -> Path:
+    """An animated GIF of the frame files in order, looping forever."""
+    if not frames:
+        raise ValueError("an animation needs at least one frame")
+    images = []
+    for frame in frames:
+        with Image.open(frame) as img:
+            images.append(img.convert("RGB"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False
+    )
+    return path
+
+
+class PredictionImages(L.Callback):
+    """The first `num_images` validation images with true and predicted masks, per val epoch.
+
+    Always writes `<default_root_dir>/predictions/epoch_NNN.png` (and `evolution.gif` at the end
+    of fit, when `gif`); with a WandbLogger also logs `val/predictions` as W&B mask overlays.
+    Costs one forward of `num_images` images per pictured epoch; skips the sanity check.
+    """
+
+    def __init__(
+        self, num_images: int = 8, every_n_epochs: int = 1, gif: bool = True, gif_ms: int = 800
+    ) -> None:
+        if num_images < 1:
+            raise ConfigError(
+                f"callbacks.prediction_images.num_images must be >= 1, got {num_images}"
+            )
+        if every_n_epochs < 1:
+            raise ConfigError(
+                f"callbacks.prediction_images.every_n_epochs must be >= 1, got {every_n_epochs}"
+            )
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.gif = gif
+        self.gif_ms = gif_ms
+        self.frames: dict[int, Path] = {}  # epoch -> grid PNG (a later val run of an epoch wins)
+        self._samples: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _fixed_samples(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first images of the val set, read once: the same pictures every epoch."""
+        if self._samples is None:
+            dataset = getattr(trainer.datamodule, "val_set", None)
+            if dataset is None:
+                loaders = trainer.val_dataloaders
+                dataset = (loaders[0] if isinstance(loaders, list | tuple) else loaders).dataset
+            items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+            images = torch.stack([item["image"] for item in items])  # (N, 3, H, W)
+            masks = torch.stack([item["mask"] for item in items])  # (N, H, W)
+            self._samples = images, masks
+        return self._samples
+
+    @torch.no_grad()
+    def _predict(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, images: torch.Tensor
+    ) -> torch.Tensor:
+        was_training = pl_module.training
+        pl_module.eval()
+        precision = trainer.precision_plugin
+        with precision.forward_context():
+            logits = pl_module(precision.convert_input(images.to(pl_module.device)))
+        pl_module.train(was_training)
+        return logits.max(1).indices.cpu()  # (N, H, W)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if epoch % self.every_n_epochs and not last:
+            return
+        images, masks = self._fixed_samples(trainer)
+        preds = self._predict(trainer, pl_module, images)
+        class_names = names_of(pl_module, int(max(masks.max(), preds.max())) + 1)
+        rgbs = [to_rgb(image) for image in images.float().numpy()]
+        grid = prediction_grid(
+            rgbs, list(masks.numpy()), list(preds.numpy()), class_names, title=f"epoch {epoch}"
+        )
+        path = Path(trainer.default_root_dir) / "predictions" / f"epoch_{epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        self.frames[epoch] = path
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                overlays = wandb_overlays(rgbs, masks.numpy(), preds.numpy(), class_names, epoch)
+                logger.log_metrics(
+                    {"val/predictions": overlays, "epoch": epoch},  # type: ignore[dict-item]
+                    step=trainer.global_step,
+                )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.gif and self.frames and trainer.is_global_zero:
+            frames = [self.frames[epoch] for epoch in sorted(self.frames)]
+            save_gif(frames, frames[0].parent / "evolution.gif", self.gif_ms)
+
+
+def names_of(pl_module: L.LightningModule, num_labels: int) -> list[str]:
+    """The module's `class_names`, else `class_<i>` for the labels seen."""
+    names = getattr(pl_module, "class_names", None)
+    return list(names) if names else [f"class_{i}" for i in range(num_labels)]
+
+
+def wandb_overlays(
+    rgbs: Sequence[np.ndarray],
+    masks: np.ndarray,
+    preds: np.ndarray,
+    class_names: Sequence[str],
+    epoch: int,
+) -> list[Any]:
+    """One `wandb.Image` per image with `ground_truth` and `predictions` mask layers."""
+    import wandb
+
+    labels = dict(enumerate(class_names))
+
+    def layer(mask: np.ndarray) -> dict[str, Any]:
+        valid = (mask >= 0) & (mask < len(class_names))
+        data = np.where(valid, mask, WANDB_IGNORED).astype(np.uint8)
+        layer_labels = labels if valid.all() else {**labels, WANDB_IGNORED: "ignored"}
+        return {"mask_data": data, "class_labels": layer_labels}
+
+    return [
+        wandb.Image(
+            rgb,
+            masks={"predictions": layer(pred), "ground_truth": layer(mask)},
+            caption=f"val[{i}] epoch {epoch}",
+        )
+        for i, (rgb, mask, pred) in enumerate(zip(rgbs, masks, preds, strict=True))
+    ]
