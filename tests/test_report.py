@@ -1,4 +1,4 @@
-"""petseg.report: rows, table, CSV and plot from a sweep folder, hand-made or from a real multirun."""
+"""petseg.report: rows, table, CSV and plot from a hand-made sweep folder and a real multirun."""
 
 from __future__ import annotations
 
@@ -87,7 +87,10 @@ def test_rows_sorted_by_best_val_miou_failed_last(tmp_path: Path, capsys) -> Non
     table = capsys.readouterr().out
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == 5  # header + 4 jobs
-    assert lines[-1].startswith("| 1 | segnet_dsc (SegNet) |") and "failed: data.val_fraction" in lines[-1]
+    assert (
+        lines[-1].startswith("| 1 | segnet_dsc (SegNet) |")
+        and "failed: data.val_fraction" in lines[-1]
+    )
     markdown = (tmp_path / "report.md").read_text()
     assert table.strip() in markdown and "4 jobs: 2 completed, 1 failed, 1 interrupted" in markdown
     assert_png(tmp_path / "report.png")
@@ -110,25 +113,30 @@ def test_missing_empty_and_nan_pieces_are_tolerated(tmp_path: Path) -> None:
     (empty / "csv" / "metrics.csv").write_text("")  # zero bytes
     nan = completed(float("nan"))
     fake_job(tmp_path, "2", status=nan, curve=[float("nan"), 0.3])
+    fake_job(tmp_path, "5", status=nan)  # NaN and nothing else
     (tmp_path / "3").mkdir()  # Hydra made the folder, the job wrote nothing
     broken = fake_job(tmp_path, "4")
     (broken / "status.json").write_text("{not json")
 
     report(tmp_path)
     rows = {r["job"]: r for r in read_csv(tmp_path / "report.csv")}
-    assert set(rows) == {"0", "1", "2", "3", "4"}
+    assert set(rows) == {"0", "1", "2", "3", "4", "5"}
     assert rows["0"]["epochs"] == "" and rows["0"]["val_miou_best"] == "0.4"
     assert rows["1"]["status"] == "running" and rows["1"]["val_miou_best"] == ""
-    assert rows["2"]["val_miou_best"] == "nan" and rows["2"]["epochs"] == "2"
+    assert rows["2"]["val_miou_best"] == "0.3" and rows["2"]["epochs"] == "2"  # NaN: from csv
+    assert rows["5"]["val_miou_best"] == "nan" and rows["5"]["val_pixel_acc"] == ""
     assert rows["3"]["status"] == "unknown" and rows["3"]["model"] == ""
     assert rows["4"]["status"] == "unknown" and "status.json" in rows["4"]["error"]
-    assert [r["job"] for r in read_csv(tmp_path / "report.csv")][:1] == ["0"]  # the only score
+    order = [r["job"] for r in read_csv(tmp_path / "report.csv")]
+    assert order == ["0", "2", "1", "3", "4", "5"]  # scored first, then by job
     assert "| nan |" in (tmp_path / "report.md").read_text()
     assert_png(tmp_path / "report.png")
 
 
 def test_single_run_folder_and_out_dir(tmp_path: Path) -> None:
-    run = fake_job(tmp_path / "outputs" / "2026-01-01", "12-00-00", status=completed(0.6), curve=[0.6])
+    run = fake_job(
+        tmp_path / "outputs" / "2026-01-01", "12-00-00", status=completed(0.6), curve=[0.6]
+    )
     out = tmp_path / "elsewhere" / "report"
     assert main([str(run), "--out", str(out)]) == 0
     assert [r["job"] for r in read_csv(out / "report.csv")] == ["12-00-00"]
@@ -204,6 +212,9 @@ def test_report_on_a_real_2x2_multirun(tmp_path: Path) -> None:
     markdown = (sweep / "report.md").read_text()
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 5 and all(line in markdown for line in table)
-    for model, loss in (("segnet_dsc (SegNet)", "ce (CrossEntropyLoss)"), ("vit_small (ViTSeg)", "dice (DiceLoss)")):
+    for model, loss in (
+        ("segnet_dsc (SegNet)", "ce (CrossEntropyLoss)"),
+        ("vit_small (ViTSeg)", "dice (DiceLoss)"),
+    ):
         assert any(f"| {model} | {loss} |" in line for line in table), table
     assert_png(sweep / "report.png")
