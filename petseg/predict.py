@@ -1,0 +1,291 @@
+"""`python -m petseg.predict ckpt_path=... input=<image or folder> output=<folder>`: new images.
+
+For each image writes `<name>_mask.png` (mode L, trimap values 1 pet / 2 background / 3 border, at
+the image's own size), `<name>_overlay.png` (pet tinted green, border yellow) and, with
+`cutout=true`, `<name>_cutout.png` (RGBA, background transparent). A file that cannot be read is
+reported on one line and skipped; the run fails (exit 1) only when no image was written.
+
+The network sees what it saw in training: the eval pipeline's resize to `image_size` (square, as
+`data.image_size`), floats in [0, 1]. Its logits are resized bilinearly to the image's size and
+argmax'ed there, which gives smooth boundaries instead of the staircase of upsampled labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from petseg.config import model_stride
+from petseg.data.oxford import load_image
+from petseg.data.transforms import eval_pipeline
+from petseg.errors import ConfigError, DataError, PetsegError
+from petseg.evaluate import load_module
+from petseg.module import SegModule
+from petseg.train import one_line
+
+log = logging.getLogger("petseg.predict")
+
+# Labels are trimap raw values - 1 (petseg.data.oxford.load_trimap), whatever class_names says.
+PET, BACKGROUND, BORDER = 0, 1, 2
+NUM_CLASSES = 3
+OVERLAY_COLORS = {PET: (0, 200, 0), BORDER: (255, 210, 0)}  # background keeps its pixels
+DEFAULT_IMAGE_SIZE = 128  # data.image_size in conf/data/oxford.yaml
+OVERLAY_FORMATS = ("png", "jpg")
+
+
+def list_inputs(source: str | Path | None) -> list[Path]:
+    """The image file, or the folder's files (sorted; not subfolders, not hidden files)."""
+    if not source:
+        raise ConfigError("input is not set; pass input=<an image file or a folder of images>")
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(f"input={source}: no such file or folder; pass an image or a folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ConfigError(
+            f"input={source}: the folder has no files to predict on (subfolders and hidden files "
+            "are not read); pass a folder that holds the images"
+        )
+    return files
+
+
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """Output name per input: its stem, or `<stem>_<ext>` when two inputs share a stem."""
+    counts = Counter(p.stem for p in paths)
+    return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths}
+
+
+def run_image_size(ckpt_path: Path) -> tuple[int | None, Path]:
+    """`data.image_size` of the run that wrote the checkpoint (`<run>/.hydra/config.yaml`)."""
+    config = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None, config
+    try:
+        size = OmegaConf.select(
+            OmegaConf.load(config), "data.image_size", throw_on_resolution_failure=False
+        )
+    except Exception:  # an unreadable run config only loses this hint
+        return None, config
+    return (size if isinstance(size, int) and not isinstance(size, bool) else None), config
+
+
+def resolve_image_size(size: Any, net: Mapping[str, Any], ckpt_path: str | Path) -> tuple[int, str]:
+    """The square size the network runs at, and where it came from (for the log).
+
+    `image_size=` wins; else the checkpoint's `net.image_size` (ViT); else the training run's
+    `data.image_size` from the run folder beside the checkpoint (the checkpoint itself does not
+    hold it: the DataModule saves no hyperparameters); else 128, the training default.
+    """
+    if size is not None:
+        source = "image_size="
+    elif net.get("image_size"):
+        size, source = net["image_size"], "the checkpoint's net.image_size"
+    else:
+        size, config = run_image_size(Path(ckpt_path))
+        source = f"data.image_size in {config}"
+        if size is None:
+            size, source = DEFAULT_IMAGE_SIZE, "the training default (no run config found)"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"image_size={size} must be a positive integer (or null: automatic)")
+    stride = model_stride(OmegaConf.create({"model": dict(net)}))
+    if size % stride:
+        lower, upper = max(stride, size // stride * stride), (size // stride + 1) * stride
+        raise ConfigError(
+            f"image_size={size} (from {source}) is not a multiple of {stride}, the stride of "
+            f"{net['_target_'].rsplit('.', 1)[-1]}; use image_size={lower} or {upper}"
+        )
+    return size, source
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`auto`: the GPU when CUDA has one, else the CPU; otherwise any torch device string."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device={name}: not a device ({e}); use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: CUDA is not available here; use device=auto or cpu")
+    return device
+
+
+def check_options(cfg: DictConfig) -> None:
+    """The output options, checked before the checkpoint loads."""
+    if cfg.overlay_format not in OVERLAY_FORMATS:
+        raise ConfigError(f"overlay_format={cfg.overlay_format}: use one of {OVERLAY_FORMATS}")
+    if not 0.0 <= float(cfg.overlay_alpha) <= 1.0:
+        raise ConfigError(f"overlay_alpha={cfg.overlay_alpha} must be in [0, 1]")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be a positive integer")
+
+
+def output_folder(cfg: DictConfig, source: Path) -> Path:
+    """`output=`, or `<run dir>/predictions`; never the input folder (its files are inputs)."""
+    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "predictions"
+    if source.is_dir() and out.resolve() == source.resolve():
+        raise ConfigError(
+            f"output={out} is the input folder, whose every file is read as an input; "
+            f"pass another folder, e.g. output={source / 'predictions'}"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output={out}: cannot create the folder ({e.strerror})") from None
+    return out
+
+
+def predict_labels(
+    module: SegModule, images: Sequence[np.ndarray], image_size: int, device: torch.device
+) -> list[np.ndarray]:
+    """Labels uint8 (H, W) per RGB uint8 image (H, W, 3), each at its own size."""
+    pipeline = eval_pipeline(image_size)
+    x = torch.stack(
+        [
+            torch.from_numpy(np.ascontiguousarray(pipeline(image=image)["image"])).permute(2, 0, 1)
+            for image in images
+        ]
+    )  # (B, 3, S, S) uint8
+    x = x.to(device).float().div_(255.0)  # as the DataModule: [0, 1], no normalisation
+    with torch.inference_mode():
+        logits = module(x).float()  # (B, C, S, S)
+        labels = []
+        for i, image in enumerate(images):
+            full = F.interpolate(
+                logits[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False
+            )  # (1, C, H, W)
+            # max(1).indices: argmax(1), but much faster on CPU (see SegModule._step).
+            labels.append(full.max(1).indices[0].to(torch.uint8).cpu().numpy())
+    return labels
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
+    """The image with pet and border pixels tinted by their class colour; background as is."""
+    out = image.astype(np.float32)
+    for label, color in OVERLAY_COLORS.items():
+        where = labels == label
+        out[where] = (1.0 - alpha) * out[where] + alpha * np.asarray(color, np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def cutout(image: np.ndarray, labels: np.ndarray, keep_border: bool) -> np.ndarray:
+    """RGBA: the pet (with the border when keep_border) opaque, the rest transparent and black."""
+    keep = labels != BACKGROUND if keep_border else labels == PET
+    alpha = np.where(keep, 255, 0).astype(np.uint8)
+    return np.dstack([image * keep[..., None].astype(np.uint8), alpha])
+
+
+def save_outputs(
+    image: np.ndarray, labels: np.ndarray, out: Path, name: str, cfg: DictConfig
+) -> list[Path]:
+    """Mask, overlay and (with cfg.cutout) cutout of one image; returns the files written."""
+    files = [out / f"{name}_mask.png", out / f"{name}_overlay.{cfg.overlay_format}"]
+    Image.fromarray(labels + 1).save(files[0])  # trimap encoding: label + 1, mode L
+    blend = Image.fromarray(overlay(image, labels, float(cfg.overlay_alpha)))
+    blend.save(files[1], **({"quality": 90} if cfg.overlay_format == "jpg" else {}))
+    if cfg.cutout:
+        files.append(out / f"{name}_cutout.png")
+        Image.fromarray(cutout(image, labels, bool(cfg.cutout_border))).save(files[2])
+    return files
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every image of `cfg.input` with `cfg.ckpt_path`, writing to `cfg.output`.
+
+    Returns `written` (input path -> files written), `skipped` (input path -> reason), `output`,
+    `image_size` and `device`. Raises ConfigError for a missing option, file or folder.
+    """
+    paths = list_inputs(cfg.get("input"))
+    check_options(cfg)
+    device = resolve_device(cfg.get("device"))
+    ckpt_path = cfg.get("ckpt_path")
+    module = load_module(ckpt_path)
+    net = module.hparams.net
+    if net.get("num_classes") != NUM_CLASSES:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: the network has {net.get('num_classes')} classes; masks are "
+            f"written as trimaps, which need {NUM_CLASSES} (pet, background, border)"
+        )
+    image_size, source = resolve_image_size(cfg.get("image_size"), net, ckpt_path)
+    out = output_folder(cfg, Path(cfg.input))
+    module.eval().to(device)
+    log.info(
+        "%s at %d px (%s) on %s: %d file(s) -> %s",
+        net["_target_"].rsplit(".", 1)[-1], image_size, source, device, len(paths), out,
+    )  # fmt: skip
+
+    names = output_names(paths)
+    written: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        labels = predict_labels(module, [image for _, image in batch], image_size, device)
+        for (path, image), label_map in zip(batch, labels, strict=True):
+            files = save_outputs(image, label_map, out, names[path], cfg)
+            written[str(path)] = [str(f) for f in files]
+        batch.clear()
+
+    for path in paths:
+        try:
+            image, _ = load_image(path)
+        except (DataError, Image.DecompressionBombError) as e:
+            reason = str(e) if isinstance(e, DataError) else f"{path}: {e}"
+            log.warning("skipped %s", reason)
+            skipped[str(path)] = reason
+            continue
+        batch.append((path, image))
+        if len(batch) == cfg.batch_size:
+            flush()
+    if batch:
+        flush()
+    return {
+        "written": written,
+        "skipped": skipped,
+        "output": str(out),
+        "image_size": image_size,
+        "device": str(device),
+    }
+
+
+def run(cfg: DictConfig) -> int:
+    """The CLI minus Hydra: prints the summary (or one `error:` line); returns the exit code."""
+    try:
+        result = predict(cfg)
+    except PetsegError as e:
+        log.error("%s", one_line(e))
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+    written, skipped = len(result["written"]), len(result["skipped"])
+    print(f"{written} written, {skipped} skipped -> {result['output']}")
+    if not written:
+        print(
+            f"error: input={cfg.input}: none of the {skipped} file(s) could be read as an image",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
