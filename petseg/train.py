@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from petseg.config import find_last_checkpoint, validate
 from petseg.errors import PetsegError
+from petseg.launch import setup_devices
 from petseg.metrics import article_protocol
 from petseg.module import SegModule
 
@@ -31,17 +32,25 @@ log = logging.getLogger("petseg.train")
 
 
 def model_stats(net: torch.nn.Module, image_size: int, in_channels: int = 3) -> dict[str, int]:
-    """Parameters and mult-adds at the configured input size (torchinfo), printed and logged."""
+    """Parameters and mult-adds at the configured input size, printed and logged."""
     from torchinfo import summary
 
     stats = summary(
         net, input_size=(1, in_channels, image_size, image_size), depth=2, verbose=0, device="cpu"
     )
     log.info("Model summary at %dx%d:\n%s", image_size, image_size, stats)
+    # torchinfo counts a transformer's Linear once per image, not per token: count per op instead.
+    from petseg.summary import mult_adds
+
+    training = net.training
+    per_op = mult_adds(net, torch.zeros(1, in_channels, image_size, image_size))
+    net.train(training)
+    log.info("Mult-adds per image (per-op count): %.3fG", per_op / 1e9)
     return {
         "model/params": int(stats.total_params),
         "model/trainable_params": int(stats.trainable_params),
-        "model/mult_adds": int(stats.total_mult_adds),
+        "model/mult_adds": int(per_op),
+        "model/mult_adds_torchinfo": int(stats.total_mult_adds),
     }
 
 
@@ -196,6 +205,7 @@ def replay_csv_history(ckpt_path: Path, loggers: list[Any]) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper."""
+    setup_devices(cfg)  # a sweep job's GPU, before CUDA starts; DDP launch checks
     validate(cfg)  # before any data loads
     resolve_resume(cfg)
     if cfg.get("seed") is not None:
