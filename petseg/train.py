@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from petseg.config import find_last_checkpoint, validate
@@ -107,7 +108,12 @@ def wandb_id(cfg: DictConfig) -> str | None:
 
 
 def write_status(cfg: DictConfig, status: str, **extra: Any) -> None:
-    """`status.json` in the run folder: running, completed or failed (read by reports)."""
+    """`status.json` in the run folder: running, completed or failed (read by reports).
+
+    Rank 0 only: DDP's other ranks run this script too, with their own (unused) W&B ids.
+    """
+    if rank_zero_only.rank != 0:
+        return
     try:
         folder = Path(cfg.paths.output_dir)
     except Exception:  # no run folder (e.g. composed without Hydra and no output_dir)
