@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,12 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
+from petseg.data.cache import DecodedArrays, ensure_cache
 from petseg.data.check import usable_names
+from petseg.data.gpu_augment import FlipJitter, split_transforms
 from petseg.data.oxford import (
     BASE_FOLDER,
     PetTrimaps,
@@ -21,10 +25,32 @@ from petseg.data.oxford import (
     load_trimap,
     read_split,
 )
-from petseg.data.sampler import EpochSampler
+from petseg.data.sampler import EpochSampler, sample_seed
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import ConfigError, DataError
+
+MAX_AUTO_WORKERS = 8
+# data.gpu_augment's stages (all but training only with eval_augment), numbered for their seeds.
+AUGMENTED_STAGES = {
+    RunningStage.TRAINING: 0,
+    RunningStage.SANITY_CHECKING: 1,
+    RunningStage.VALIDATING: 2,
+    RunningStage.TESTING: 3,
+}
+
+
+def auto_workers() -> int:
+    """`data.num_workers=auto`: the CPUs this process may use less one for the training loop, <= 8.
+
+    On 2 CPUs that is 1 worker; on 1 CPU, 0 (load in the training process). More than 8 workers
+    rarely pays once samples come from the decoded cache.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))  # honours taskset / SLURM's cpus_per_task
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
 
 
 class PetDataModule(L.LightningDataModule):
@@ -36,7 +62,7 @@ class PetDataModule(L.LightningDataModule):
         download: bool = True,
         image_size: int = 128,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         num_classes: int = 3,
@@ -45,6 +71,9 @@ class PetDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         eval_augment: bool = False,
         skip_bad: bool = False,
+        cache: bool = False,
+        cache_size: int | None = None,
+        gpu_augment: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -53,6 +82,15 @@ class PetDataModule(L.LightningDataModule):
             raise ConfigError(f"data.image_size must be >= 8, got {image_size}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers == "auto":
+            num_workers = auto_workers()
+        elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data.num_workers must be an int >= 0 or auto, got {num_workers!r}")
+        if cache_size is not None and cache_size < image_size:
+            raise ConfigError(
+                f"data.cache_size={cache_size} is below data.image_size={image_size}: the cache "
+                "would drop detail the model sees; set it >= image_size, or null (= image_size)"
+            )
         self.root = Path(root)
         self.download = download
         self.image_size = image_size
@@ -68,6 +106,15 @@ class PetDataModule(L.LightningDataModule):
         self.eval_augment = eval_augment
         # Samples with files training cannot read: skipped with a warning, else setup stops.
         self.skip_bad = skip_bad
+        # Decode and resize once into memory-mapped arrays (petseg.data.cache), read every epoch.
+        self.cache = cache
+        self.cache_size = cache_size or image_size  # = image_size: items equal the JPEG path's
+        # HorizontalFlip and ColorJitter move from the workers to the batch on the device.
+        self.device_augment: FlipJitter | None = None
+        if gpu_augment:
+            self.train_transforms, self.device_augment = split_transforms(self.train_transforms)
+        self._augment_seed = 0
+        self._generator: tuple[tuple, torch.Generator] | None = None
         self.train_set: PetTrimaps | None = None
         self.val_set: PetTrimaps | None = None
         self.test_set: PetTrimaps | None = None
@@ -129,6 +176,12 @@ class PetDataModule(L.LightningDataModule):
         """`splits` less exclude.txt's names and broken samples (these stop setup, or skip_bad)."""
         return usable_names(self.base(), splits, self.root, self.skip_bad)
 
+    def decoded(self, names: list[str], label: str) -> DecodedArrays | None:
+        """The decoded cache of `names` (built on first use), or None without data.cache."""
+        if not self.cache:
+            return None
+        return ensure_cache(self.base(), names, self.cache_size, label)
+
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
         # Decode JPEGs at a reduced scale that still covers the model's input size.
@@ -138,16 +191,21 @@ class PetDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_set is None:
             train, val = self.split_names()
             usable = self.usable({"train": train, "val": val})
-            self.train_set = PetTrimaps(base, usable["train"], augment, draft)
-            self.val_set = PetTrimaps(base, usable["val"], evaluate, draft)
+            # One cache for train + val: another split_seed or val_fraction reuses it.
+            cached = self.decoded([*usable["train"], *usable["val"]], "trainval")
+            train_rows = cached.select(usable["train"]) if cached is not None else None
+            val_rows = cached.select(usable["val"]) if cached is not None else None
+            self.train_set = PetTrimaps(base, usable["train"], augment, draft, train_rows)
+            self.val_set = PetTrimaps(base, usable["val"], evaluate, draft, val_rows)
         if stage in (None, "test", "predict") and self.test_set is None:
             test = self.usable({"test": read_split(base, "test")})["test"]
-            self.test_set = PetTrimaps(base, test, evaluate, draft)
+            self.test_set = PetTrimaps(base, test, evaluate, draft, self.decoded(test, "test"))
 
     def _loader(self, dataset: PetTrimaps | None, shuffle: bool) -> DataLoader:
         assert dataset is not None, "call setup() first"
         # torch.initial_seed() is `seed=` (seed_everything ran before the loaders are made).
         seed = torch.initial_seed() % 2**32
+        self._augment_seed = seed
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)
         return DataLoader(
             SubstituteBad(dataset),  # a file gone bad after setup's check costs a warning
@@ -158,6 +216,23 @@ class PetDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """data.gpu_augment: flip and jitter training batches (eval ones too with eval_augment)."""
+        trainer = self.trainer
+        if self.device_augment is None or trainer is None:
+            return batch
+        stage = AUGMENTED_STAGES.get(trainer.state.stage)
+        if stage is None or (stage > 0 and not self.eval_augment):
+            return batch
+        # One generator per (stage, epoch), seeded from `seed=`: epochs repeat, even after a resume
+        # from an epoch-end checkpoint (a resume mid-epoch draws other augmentations).
+        device = batch["image"].device
+        key = (stage, trainer.current_epoch, str(device))
+        if self._generator is None or self._generator[0] != key:
+            seed = sample_seed(self._augment_seed, trainer.current_epoch, -1 - stage)
+            self._generator = (key, torch.Generator(device=device).manual_seed(seed))
+        return self.device_augment(batch, self._generator[1])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -13,6 +14,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from petseg.errors import DataError
+
+if TYPE_CHECKING:
+    from petseg.data.cache import DecodedArrays
 
 # torchvision's OxfordIIITPet downloads into <root>/oxford-iiit-pet; we read the same folder.
 BASE_FOLDER = "oxford-iiit-pet"
@@ -89,16 +93,45 @@ def load_trimap(path: Path) -> np.ndarray:
     return raw - 1
 
 
+def load_pair(
+    image_path: Path, trimap_path: Path, draft_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image RGB uint8 (h, w, 3) and its labels uint8 (h, w), at the draft-decoded image's size."""
+    mask = load_trimap(trimap_path)
+    image, full = load_image(image_path, draft_size)
+    if full != mask.shape:
+        raise DataError(
+            f"{image_path}: image is {full[1]}x{full[0]} but its trimap {trimap_path.name} "
+            f"is {mask.shape[1]}x{mask.shape[0]}"
+        )
+    if image.shape[:2] != mask.shape:
+        # A draft-decoded JPEG is smaller: bring the mask to it (nearest keeps labels exact).
+        mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
 class PetTrimaps(Dataset):
-    """(image, mask) pairs of one list of names; `transform` is an albumentations pipeline."""
+    """(image, mask) pairs of one list of names; `transform` is an albumentations pipeline.
+
+    With `cache` (rows of petseg.data.cache's decoded arrays, one per name) samples come from
+    those arrays instead of the JPEG/PNG files.
+    """
 
     def __init__(
-        self, base: Path, names: Sequence[str], transform: Transform, draft_size: int | None = None
+        self,
+        base: Path,
+        names: Sequence[str],
+        transform: Transform,
+        draft_size: int | None = None,
+        cache: DecodedArrays | None = None,
     ) -> None:
         self.base = Path(base)
         self.names = list(names)
         self.transform = transform
         self.draft_size = draft_size
+        if cache is not None and cache.names != self.names:
+            raise ValueError("cache rows must be the dataset's names, in the same order")
+        self.cache = cache
         self._transform_seed: int | None = None
 
     def __len__(self) -> int:
@@ -133,17 +166,10 @@ class PetTrimaps(Dataset):
         else:
             index = key
             self.seed_transform()
-        image_path, trimap_path = self.paths(index)
-        mask = load_trimap(trimap_path)
-        image, full = load_image(image_path, self.draft_size)
-        if full != mask.shape:
-            raise DataError(
-                f"{image_path}: image is {full[1]}x{full[0]} but its trimap {trimap_path.name} "
-                f"is {mask.shape[1]}x{mask.shape[0]}"
-            )
-        if image.shape[:2] != mask.shape:
-            # A draft-decoded JPEG is smaller: bring the mask to it (nearest keeps labels exact).
-            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        if self.cache is not None:
+            image, mask = self.cache.read(index)  # decoded and resized once, by petseg.data.cache
+        else:
+            image, mask = load_pair(*self.paths(index), self.draft_size)
         out = self.transform(image=image, mask=mask)
         image_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
         return {
