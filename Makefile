@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train demo test test-all lint format summary bench clean
+.PHONY: install train demo test test-all lint format summary bench export clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ format: $(STAMP)
 
 summary: $(STAMP)
 	$(PY) -m petseg.summary $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m petseg.bench $(ARGS)
+
+export: $(STAMP)
+	$(PY) -m petseg.export $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

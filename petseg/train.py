@@ -232,6 +232,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         class_names=cfg.class_names,
         ignore_index=cfg.loss.get("ignore_index", -100),
         article_protocol=article,
+        channels_last=cfg.perf.channels_last,
+        compile=cfg.perf.compile,
+        train_metrics_every_n_steps=cfg.perf.train_metrics_every_n_steps,
     )
     stats = model_stats(module.net, cfg.data.image_size, cfg.model.get("in_channels", 3))
 
