@@ -20,19 +20,15 @@ from petseg.errors import ConfigError
 from petseg.predict import output_names, predict, run
 from petseg.train import train
 
+from conftest import TINY as TINY_RUN
 from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data=synthetic",
-    "data.synthetic.num_trainval=8",
-    "data.synthetic.num_test=4",
-    "data.synthetic.size=48",
-    "data.image_size=32",
+    *TINY_RUN,  # synthetic 8 + 4 images, 32 px, segnet_dsc
     "data.batch_size=4",
     "data.num_workers=0",
     "data.pin_memory=false",
-    "model=segnet_dsc",
     "trainer.max_epochs=1",
     "test=false",
     "logger=csv",

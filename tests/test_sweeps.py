@@ -25,18 +25,14 @@ from petseg import launch
 from petseg.errors import ConfigError
 
 from conftest import CONF_DIR
+from conftest import TINY as TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data=synthetic",
-    "data.synthetic.num_trainval=8",
-    "data.synthetic.num_test=4",
-    "data.synthetic.size=48",
-    "data.image_size=32",
+    *TINY_RUN,  # synthetic 8 + 4 images, 32 px, segnet_dsc
     "data.batch_size=2",
     "data.num_workers=0",
     "data.pin_memory=false",
-    "model=segnet_dsc",
     "trainer.max_epochs=1",
     "trainer.precision=32",
 ]
