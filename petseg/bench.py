@@ -58,6 +58,7 @@ from petseg.errors import ConfigError, PetsegError
 from petseg.module import SegModule
 from petseg.predict import resolve_device
 from petseg.summary import CONF_DIR, format_table, model_names, mult_adds
+from petseg.train import build_module
 
 PETS_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-mini"
 DEFAULT_MODELS = ("vit_small", "segformer", "segnet_dsc")  # the cheap ones; --models all
@@ -76,22 +77,6 @@ def compose_run(overrides: Sequence[str] = ()) -> DictConfig:
     """The config `python -m petseg.train <overrides>` would run with."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
-
-
-def build_module(cfg: DictConfig) -> SegModule:
-    """SegModule as train.py builds it, with the `perf` switches."""
-    perf = cfg.get("perf") or {}
-    return SegModule(
-        net=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.get("scheduler") or None,
-        class_names=cfg.class_names,
-        ignore_index=cfg.loss.get("ignore_index", -100),
-        channels_last=bool(perf.get("channels_last", False)),
-        compile=perf.get("compile", False),
-        train_metrics_every_n_steps=int(perf.get("train_metrics_every_n_steps", 1)),
-    )
 
 
 def precision_name(value: Any) -> str:

@@ -209,6 +209,22 @@ def replay_csv_history(ckpt_path: Path, loggers: list[Any]) -> None:
     log.info("Resumed history: %d rows before step %d from %s", len(rows), step, old)
 
 
+def build_module(cfg: DictConfig, article_protocol: bool = False) -> SegModule:
+    """SegModule from a composed config: network, loss, optimizer, schedule and perf switches."""
+    return SegModule(
+        net=cfg.model,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler") or None,
+        class_names=cfg.class_names,
+        ignore_index=cfg.loss.get("ignore_index", -100),
+        article_protocol=article_protocol,
+        channels_last=cfg.perf.channels_last,
+        compile=cfg.perf.compile,
+        train_metrics_every_n_steps=cfg.perf.train_metrics_every_n_steps,
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper."""
     setup_devices(cfg)  # a sweep job's GPU, before CUDA starts; DDP launch checks
@@ -224,18 +240,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data)
     datamodule.check_source()
     resolve_auto_weights(cfg, datamodule)
-    module = SegModule(
-        net=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.get("scheduler") or None,
-        class_names=cfg.class_names,
-        ignore_index=cfg.loss.get("ignore_index", -100),
-        article_protocol=article,
-        channels_last=cfg.perf.channels_last,
-        compile=cfg.perf.compile,
-        train_metrics_every_n_steps=cfg.perf.train_metrics_every_n_steps,
-    )
+    module = build_module(cfg, article_protocol=article)
     stats = model_stats(module.net, cfg.data.image_size, cfg.model.get("in_channels", 3))
 
     loggers = build_loggers(cfg)
