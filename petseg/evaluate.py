@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from petseg.errors import ConfigError, PetsegError
+from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.metrics import article_protocol
 from petseg.module import SegModule
-from petseg.train import build, one_line, to_floats
+from petseg.train import build, to_floats
 
 log = logging.getLogger("petseg.evaluate")
 
@@ -77,8 +76,7 @@ def main(cfg: DictConfig) -> None:
     try:
         metrics = evaluate(cfg)
     except PetsegError as e:
-        log.error("%s", one_line(e))
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print_user_error(e, log)
         raise SystemExit(1) from None
     width = max(map(len, metrics), default=0)
     for name, value in sorted(metrics.items()):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -29,10 +28,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from petseg.errors import ConfigError, PetsegError
+from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.evaluate import load_module
 from petseg.predict import resolve_image_size
-from petseg.train import one_line
 
 log = logging.getLogger("petseg.export")
 
@@ -215,8 +213,7 @@ def main(cfg: DictConfig) -> None:
         print(report(result))
         check_parity(result, float(cfg.atol), float(cfg.min_agreement))
     except PetsegError as e:
-        log.error("%s", one_line(e))
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print_user_error(e, log)
         raise SystemExit(1) from None
 
 

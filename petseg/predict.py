@@ -29,10 +29,9 @@ from PIL import Image
 from petseg.config import model_stride
 from petseg.data.oxford import load_image
 from petseg.data.transforms import eval_pipeline
-from petseg.errors import ConfigError, DataError, PetsegError
+from petseg.errors import ConfigError, DataError, PetsegError, print_user_error
 from petseg.evaluate import load_module
 from petseg.module import SegModule
-from petseg.train import one_line
 
 log = logging.getLogger("petseg.predict")
 
@@ -266,8 +265,7 @@ def run(cfg: DictConfig) -> int:
     try:
         result = predict(cfg)
     except PetsegError as e:
-        log.error("%s", one_line(e))
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print_user_error(e, log)
         return 1
     written, skipped = len(result["written"]), len(result["skipped"])
     print(f"{written} written, {skipped} skipped -> {result['output']}")

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from petseg.config import find_last_checkpoint, validate
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, one_line, print_user_error
 from petseg.launch import setup_devices
 from petseg.metrics import article_protocol
 from petseg.module import SegModule
@@ -279,15 +279,6 @@ def user_error(error: BaseException) -> PetsegError | None:
     return None
 
 
-def one_line(error: BaseException) -> str:
-    """The message alone, also when a DataLoader worker wrapped it in its traceback text."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
-
-
 class JobFailed(RuntimeError):
     """A multirun job's user-fixable failure: Hydra records it and runs the other jobs."""
 
@@ -313,8 +304,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         message = one_line(cause)
         status("failed", error=message)
-        log.error("%s", message)
-        print(f"error: {message}", file=sys.stderr)
+        print_user_error(cause, log)
         hc = hydra_runtime()
         if hc is not None and str(hc.mode) == "RunMode.MULTIRUN":
             raise JobFailed(message) from None
