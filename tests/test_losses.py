@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -55,13 +55,7 @@ LOSSES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids 10x slowdowns from thread contention on busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, 1 thread
 
 
 def random_batch(seed: int = 0, shape: tuple[int, ...] = (2, 3, 6, 8)) -> tuple[Tensor, Tensor]:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from petseg.models import ViTSeg
 from petseg.summary import conv_vs_dsc_rows, format_table, main, model_rows, mult_adds
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: small nets at 64 px run several times faster so on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, 1 thread
 
 
 def test_conv_vs_dsc_matches_formulas_and_article_ratio() -> None:
