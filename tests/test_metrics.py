@@ -20,7 +20,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from petseg.losses import soft_iou
-from petseg.metrics import article_protocol, confusion_table, scores_from_confmat
+from petseg.metrics import (
+    article_protocol,
+    confusion_table,
+    metric_inputs,
+    scores_from_confmat,
+)
 from petseg.module import SegModule
 
 PET, BG, BORDER = 0, 1, 2
@@ -173,6 +178,33 @@ def test_soft_iou_is_the_mean_over_images_not_over_batches(tmp_path: Path) -> No
         float(soft_iou(b["image"], b["mask"], smooth=0.001, average="image")) for b in batches
     ]
     assert abs(sum(batch_means) / 2 - expected) > 0.01
+
+
+@pytest.mark.parametrize("smooth", [0.001, 0.0, 1.0])
+def test_metric_inputs_equal_argmax_labels_and_soft_iou(smooth: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 16, 16) * 4
+    logits[0, :, :2, :2] = 1.5  # exact ties: argmax takes the first class
+    mask = torch.randint(0, 3, (4, 16, 16))
+    mask[1, :5] = -100  # partly ignored
+    mask[2] = -100  # fully ignored: scores 1, as in soft_iou
+    preds, labels, soft = metric_inputs(logits, mask, ignore_index=-100, smooth=smooth)
+
+    assert torch.equal(preds, logits.argmax(1))
+    assert torch.equal(labels, mask.masked_fill(mask == -100, 3))
+    expected = torch.stack(
+        [
+            soft_iou(logits[i : i + 1], mask[i : i + 1], smooth=smooth, average="image")
+            for i in range(4)
+        ]
+    )
+    assert soft.shape == (4,)
+    torch.testing.assert_close(soft, expected, rtol=1e-5, atol=1e-6)
+    assert soft[2] == 1.0
+    # bf16 logits (autocast) are scored in float32, as soft_iou does.
+    soft_bf16 = metric_inputs(logits.bfloat16(), mask, smooth=smooth).soft_iou
+    expected_bf16 = soft_iou(logits.bfloat16(), mask, smooth=smooth, average="image")
+    torch.testing.assert_close(soft_bf16.mean(), expected_bf16, rtol=1e-5, atol=1e-6)
 
 
 def test_confusion_png_and_csv_are_written(tmp_path: Path) -> None:
