@@ -21,7 +21,7 @@
 4. onnx: batch-1 latency, eager PyTorch vs ONNX Runtime, per model that exports (petseg.export).
 
 Hydra overrides compose as for `python -m petseg.train` (e.g. `data.image_size=64`,
-`optimizer=adamw`, `trainer.precision=bf16-mixed`, `perf.channels_last=true`). Prints Markdown
+`optimizer=adamw`, `trainer.precision=bf16-mixed`, `model.channels_last=true`). Prints Markdown
 tables and writes `<out>/latest.json` and `<out>/latest.md`.
 """
 
@@ -51,6 +51,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
+from petseg.config import net_config
 from petseg.data.oxford import PetTrimaps, find_base, read_split
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import train_pipeline
@@ -235,7 +236,7 @@ class PlainLoop:
     def of(cls, module: SegModule, precision: str, device: torch.device) -> PlainLoop:
         """The loop over a SegModule's own network, loss and optimizer, as fit would set them up."""
         module.to(device)
-        module.configure_model()  # compiles the network when perf.compile is set
+        module.configure_model()  # compiles the network when model.compile is set
         configured = module.configure_optimizers()
         optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
         return cls(module.net, module.criterion, precision, device, optimizer)
@@ -459,7 +460,7 @@ def bench_model(
     module = build_module(cfg).to(device)
     size = int(batches[0]["image"].shape[-1])
     macs = mult_adds(module.net, torch.rand(1, 3, size, size, device=device))  # batch 1, eval
-    module.configure_model()  # compiles the network when perf.compile is set
+    module.configure_model()  # compiles the network when model.compile is set
     batch = int(batches[0]["image"].shape[0])
     rows = []
     for precision in precisions:
@@ -490,7 +491,7 @@ def bench_onnx(cfg: DictConfig, name: str, work: Path, runs: int) -> dict[str, A
 
     size = int(cfg.data.image_size)
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(cfg.model).eval()  # plain CPU network, as exported
+    net = hydra.utils.instantiate(net_config(cfg)).eval()  # plain CPU network, as exported
     row: dict[str, Any] = {"model": name, "image_size": size}
     try:
         path = export_onnx(net, size, work / f"{name}.onnx")
@@ -703,7 +704,7 @@ def run(
                 ratio = pipe["cache_samples_per_s"] / pipe["decode_samples_per_s"]
                 result["pipeline_cache_vs_decode"] = ratio
         batches = collate(pool, batch, warmup + steps, dev)
-        if base_cfg.get("perf", {}).get("channels_last"):
+        if base_cfg.model.get("channels_last"):
             batches = [
                 {**b, "image": b["image"].contiguous(memory_format=torch.channels_last)}
                 for b in batches

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from petseg.errors import NonFiniteLossError
 
@@ -25,3 +29,83 @@ class SaveOnInterrupt(L.Callback):
         if isinstance(exception, NonFiniteLossError):
             return
         trainer.save_checkpoint(self.path)
+
+
+class DataWait(L.Callback):
+    """Logs how much of each training epoch went to waiting for batches, to spot a starved device.
+
+    Per epoch: `perf/data_wait_frac`, the time between one step's end and the next step's start
+    (fetching from the DataLoader, transfer, `on_after_batch_transfer` augmentation) over the
+    loop's time from the first step's start, validation left out; `perf/first_batch_s`, the wait
+    for the epoch's first batch (worker start-up), left out of the fraction;
+    `perf/train_images_per_s`. CPU wall clock: with a GPU the loss check syncs every step, so a
+    step's end is its work's end. Warns
+    once per fit when the fraction passes `warn_above`.
+    """
+
+    def __init__(self, warn_above: float | None = 0.1) -> None:
+        self.warn_above = warn_above
+        self._warned = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._mark = time.perf_counter()
+        self.first_wait = self.wait = self.step = 0.0
+        self.images = self.batches = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self.batches == 0:
+            self.first_wait = now - self._mark
+        else:
+            self.wait += now - self._mark
+        self._mark = now
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        now = time.perf_counter()
+        self.step += now - self._mark
+        self._mark = now
+        self.batches += 1
+        image = batch.get("image") if isinstance(batch, dict) else None
+        self.images += int(image.shape[0]) if isinstance(image, torch.Tensor) else 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark = time.perf_counter()  # a mid-epoch validation (val_check_interval) is no wait
+
+    @property
+    def wait_fraction(self) -> float:
+        total = self.wait + self.step
+        return self.wait / total if total > 0 else 0.0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.batches == 0:
+            return
+        total = self.wait + self.step
+        scores = {"perf/data_wait_frac": self.wait_fraction, "perf/first_batch_s": self.first_wait}
+        if self.images and total > 0:
+            scores["perf/train_images_per_s"] = self.images / total
+        pl_module.log_dict(scores)
+        if (
+            self.warn_above is not None
+            and not self._warned
+            and self.batches > 2
+            and self.wait_fraction > self.warn_above
+        ):
+            self._warned = True
+            rank_zero_warn(
+                f"data loading took {self.wait_fraction:.0%} of training epoch "
+                f"{trainer.current_epoch}'s time: the input pipeline limits this run; raise "
+                "data.num_workers, keep data.cache=true, or try data.gpu_augment=true"
+            )

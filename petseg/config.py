@@ -7,11 +7,22 @@ values that compose fine but cannot work, with one line naming the key, the valu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from petseg.errors import ConfigError
+
+# Keys of the model group that configure SegModule's handling of the network, not the network.
+NET_SWITCHES = ("channels_last", "compile")
+
+
+def net_config(cfg: DictConfig) -> dict[str, Any]:
+    """The network's `_target_` config (resolved) without the speed switches in NET_SWITCHES."""
+    net = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(net, dict)
+    return {k: v for k, v in net.items() if k not in NET_SWITCHES}
 
 
 def model_stride(cfg: DictConfig) -> int:
@@ -63,6 +74,22 @@ def check_epochs(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (or -1 for no limit)")
 
 
+def check_switches(cfg: DictConfig) -> None:
+    compile_ = cfg.model.get("compile", False)
+    if isinstance(compile_, str):
+        from torch._dynamo import list_backends  # only here: importing dynamo takes a second
+
+        if compile_ not in list_backends(exclude_tags=()):
+            raise ConfigError(
+                f"model.compile={compile_} is not a torch.compile backend: use true (inductor), "
+                f"false, or one of {', '.join(list_backends())}"
+            )
+    elif not isinstance(compile_, bool):
+        raise ConfigError(f"model.compile={compile_} must be true, false or a backend name")
+    if not isinstance(cfg.model.get("channels_last", False), bool):
+        raise ConfigError(f"model.channels_last={cfg.model.channels_last} must be true or false")
+
+
 def find_last_checkpoint(log_dir: str | Path) -> Path | None:
     """The newest `last.ckpt` (end of an epoch) or `interrupted.ckpt` (a crash) under log_dir."""
     found = [
@@ -89,5 +116,6 @@ def validate(cfg: DictConfig) -> None:
     check_optimizer(cfg)
     check_epochs(cfg)
     check_classes(cfg)
+    check_switches(cfg)
     check_checkpoint(cfg)
     check_image_size(cfg)

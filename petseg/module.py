@@ -75,11 +75,12 @@ class SegModule(L.LightningModule):
     At the end of validation and test the confusion matrix goes to
     `<default_root_dir>/confusion/<stage>_epoch<NNN>.png|.csv`, and to W&B when it is a logger.
 
-    Speed switches (`perf.*` in the config), not hyperparameters: a checkpoint loads with or
-    without them. `channels_last`: network weights and inputs in NHWC (faster convs under
-    autocast on recent GPUs and CPUs). `compile`: `torch.compile` the network when the trainer
-    first runs (true: inductor; a string: that backend, e.g. `eager` to check graph capture
-    alone); it compiles `self.net` in place, so checkpoint keys stay `net.*`.
+    Speed switches (`model.channels_last`, `model.compile`, `perf.*` in the config), not
+    hyperparameters: a checkpoint loads with or without them. `channels_last`: network weights
+    and inputs in NHWC (faster convs under autocast on recent GPUs and CPUs). `compile`:
+    `torch.compile` the network when the trainer first runs (true: inductor; a string: that
+    backend, e.g. `eager` to check graph capture alone); it compiles `self.net` in place, so
+    checkpoint keys stay `net.*`.
     `train_metrics_every_n_steps`: N > 1 updates the train metrics (not the loss) on every N-th
     batch only, so `train/miou` etc. estimate the epoch from 1/N of its batches (val and test
     always use every batch); 1, the default, is exact.

@@ -15,6 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from petseg.bench import InMemory
+from petseg.config import net_config
 from petseg.errors import ConfigError
 from petseg.export import ParityError, check_parity, export, ort_logits, ort_session
 from petseg.module import SegModule
@@ -40,7 +41,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = compose_config([*TINY])
-    module = SegModule(net=cfg.model, loss=cfg.loss, optimizer=cfg.optimizer)
+    module = SegModule(net=net_config(cfg), loss=cfg.loss, optimizer=cfg.optimizer)
     batches = [
         {"image": torch.rand(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
         for _ in range(2)
