@@ -649,7 +649,7 @@ def run(
     batch: int = 8,
     steps: int = 10,
     warmup: int = 2,
-    rounds: int = 4,
+    rounds: int = 8,
     precisions: Sequence[str] = ("32", "bf16-mixed"),
     samples: int = 64,
     data: str | Path | None = None,
@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per step")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=4, help="Lightning vs plain rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="Lightning vs plain rounds")
     parser.add_argument(
         "--step-model",
         default=None,

@@ -265,3 +265,43 @@ def test_article_protocol_turns_on_eval_augment(cfg_factory) -> None:
     datamodule = instantiate(clean.data)
     datamodule.setup("test")
     assert A.HorizontalFlip not in [type(t) for t in datamodule.test_set.transform.transforms]
+
+
+def test_train_loss_is_logged_only_on_logging_steps(tmp_path: Path, monkeypatch) -> None:
+    module = SegModule(
+        net={"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1},
+        loss={"_target_": "petseg.losses.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        class_names=NAMES,
+    )
+    logged: list[int] = []
+    log = SegModule.log
+
+    def spy(self, name, value, *args, **kwargs):
+        if name == "train/loss":
+            logged.append(self.global_step)
+        return log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(SegModule, "log", spy)
+    csv_logger = L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version="")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        log_every_n_steps=3,
+        logger=csv_logger,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    torch.manual_seed(0)
+    batches = [{"image": torch.randn(1, 3, 4, 4), "mask": torch.randint(0, 3, (1, 4, 4))}] * 7
+    trainer.fit(module, train_dataloaders=loader(*batches))
+
+    assert logged == [2, 5]  # steps 3 and 6 of 7, 0-based: what the logger writes, no more
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [2, 5]
+    assert (
+        "train/loss" in trainer.callback_metrics and "train/loss_epoch" in trainer.callback_metrics
+    )
