@@ -128,6 +128,10 @@ class SegModule(L.LightningModule):
                 "(1: every training batch, exact)"
             )
         self.train_metrics_every_n_steps = every
+        # The first global step with a non-finite train loss (-1: none), kept on the loss's device;
+        # check_loss_every_step None: every step on CPU, deferred on accelerators (_check_finite).
+        self._first_nonfinite: torch.Tensor | None = None
+        self.check_loss_every_step: bool | None = None
         self.class_names = class_names
         # One dataset-level confusion matrix per stage; every score is derived from it.
         # (ModuleDict keys cannot be "train": it would shadow nn.Module.train.)
@@ -188,41 +192,36 @@ class SegModule(L.LightningModule):
             checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"])
 
     def _step(
-        self, batch: dict[str, torch.Tensor], stage: str, metrics: bool = True
+        self, batch: dict[str, torch.Tensor], stage: str, metrics: bool = True, log: bool = True
     ) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         logits = self(image)  # (B, C, H, W)
         loss = self.criterion(logits, mask)
-        if stage == "train" and not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"train/loss is {loss.item()} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}); resume from "
-                "checkpoints/last.ckpt with a lower optimizer.lr, trainer.gradient_clip_val=1.0 "
-                "or trainer.precision=32 (trainer.detect_anomaly=true finds the op)"
-            )
         batch_size = image.shape[0]
         if metrics:
             self._update_metrics(stage, logits.detach(), mask)
-        if stage == "train":  # per step for the curve; the epoch mean is logged at epoch end
-            if self._logs_this_step():
+        if stage == "train":  # the step's loss for the curve; the epoch mean at epoch end
+            if log:
                 self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
             self.epoch_loss.update(loss.detach().float().expand(batch_size))
         else:
             self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def _logs_this_step(self) -> bool:
-        """Whether Lightning writes step metrics after this batch (every trainer.log_every_n_steps).
+    def _reads_loss(self, batch_idx: int) -> bool:
+        """Whether this training batch's loss is read: on the steps Lightning writes step metrics
+        (trainer.log_every_n_steps) and on the epoch's last batch.
 
-        self.log() costs ~0.4 ms per call on CPU, a fraction of a percent of a small model's step
-        spent on a value no logger reads; the progress bar shows the last logged one. Lightning's
-        own test (a private attribute): if it moves, every step logs, as before.
+        self.log() costs ~0.4 ms per call on CPU, a fraction of a percent of a small model's step,
+        for a value no logger writes (the progress bar shows the last one logged), and reading a
+        GPU value syncs. Lightning's test is a private attribute: if it moves, every step reads.
         """
         trainer = self._trainer
         connector = getattr(trainer, "_logger_connector", None)
         if trainer is None or not hasattr(connector, "should_update_logs"):
             return True
-        return bool(connector.should_update_logs or trainer.fast_dev_run)
+        last = batch_idx + 1 >= trainer.num_training_batches
+        return bool(connector.should_update_logs or trainer.fast_dev_run or last)
 
     def _update_metrics(self, stage: str, logits: torch.Tensor, mask: torch.Tensor) -> None:
         """One batch into the stage's confusion matrix, soft IoU (and article IoU)."""
@@ -277,7 +276,40 @@ class SegModule(L.LightningModule):
                 logger.log_metrics(confusion, step=self.global_step)  # type: ignore[arg-type]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", batch_idx % self.train_metrics_every_n_steps == 0)
+        read = self._reads_loss(batch_idx)
+        metrics = batch_idx % self.train_metrics_every_n_steps == 0
+        loss = self._step(batch, "train", metrics=metrics, log=read)
+        self._check_finite(loss, read)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, read: bool) -> None:
+        """Stop on a NaN/inf loss, naming the first step that had one.
+
+        On CPU every step is checked. On a GPU reading the loss is a sync that stops the CPU
+        queueing work ahead, so the first bad step is recorded on the device and read when the
+        loss is read anyway (`_reads_loss`: logging steps and each epoch's last batch, before any
+        epoch-end checkpoint): the run stops within trainer.log_every_n_steps steps and never
+        saves NaN weights.
+        """
+        first = self._first_nonfinite
+        if first is None or first.device != loss.device:
+            first = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        # A Python int, not a tensor: copying one to the GPU would sync on every step.
+        self._first_nonfinite = torch.where(bad & (first < 0), self.global_step, first)
+        check_now = self.check_loss_every_step
+        if check_now is None:
+            check_now = loss.device.type == "cpu"
+        if not (check_now or read):
+            return
+        bad_step = int(self._first_nonfinite)
+        if bad_step >= 0:
+            raise NonFiniteLossError(
+                f"train/loss is not finite (nan or inf) at global step {bad_step} "
+                f"(epoch {self.current_epoch}); resume from "
+                "checkpoints/last.ckpt with a lower optimizer.lr, trainer.gradient_clip_val=1.0 "
+                "or trainer.precision=32 (trainer.detect_anomaly=true finds the op)"
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

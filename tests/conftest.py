@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,13 +37,22 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         )
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread for tiny tensors: several times faster on a busy 2-core CPU."""
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for tiny tensors (several times faster on a busy 2-core CPU), and the
+    count restored after, so later tests run as configured."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
 
 
 @pytest.fixture

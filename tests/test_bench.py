@@ -70,8 +70,7 @@ def fit(module: SegModule, steps: int = 2, size: int = 16, **trainer_args: objec
 # --- the bench -----------------------------------------------------------------------------------
 
 
-def test_bench_tiny_run_writes_positive_figures(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
+def test_bench_tiny_run_writes_positive_figures(tmp_path: Path, one_thread) -> None:
     result = bench.run(
         overrides=["data.image_size=32"],
         models=["segnet_dsc"],
@@ -118,8 +117,7 @@ def test_bench_rejects_unknown_names(tmp_path: Path) -> None:
         bench.run(skip=["everything"], out=tmp_path)
 
 
-def test_lightning_timer_sees_every_step_after_warmup() -> None:
-    torch.set_num_threads(1)
+def test_lightning_timer_sees_every_step_after_warmup(one_thread) -> None:
     module = SegModule(net=TWO_CONV, loss=CE, optimizer=ADAM)
     batches = [
         {"image": torch.rand(2, 3, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))}
@@ -135,10 +133,9 @@ def test_lightning_timer_sees_every_step_after_warmup() -> None:
 
 
 @pytest.mark.slow
-def test_bench_onnx_row(tmp_path: Path) -> None:
+def test_bench_onnx_row(tmp_path: Path, one_thread) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    torch.set_num_threads(1)
     cfg = bench.compose_run([*TINY])
     row = bench.bench_onnx(cfg, "segnet_dsc", tmp_path, runs=2)
     assert "error" not in row, row.get("error")
@@ -176,8 +173,7 @@ def test_cpu_optimizer_is_not_fused(cfg_factory) -> None:
 # --- channels_last -------------------------------------------------------------------------------
 
 
-def test_channels_last_same_logits_and_trains(cfg_factory) -> None:
-    torch.set_num_threads(1)
+def test_channels_last_same_logits_and_trains(cfg_factory, one_thread) -> None:
     cfg = cfg_factory(*TINY, "model.channels_last=true")
     torch.manual_seed(0)
     nhwc = bench.build_module(cfg)
@@ -203,7 +199,6 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def compiled_checkpoints_load_both_ways(tmp_path: Path, backend: str, back: bool = True) -> None:
-    torch.set_num_threads(1)
     compiled = SegModule(net=TWO_CONV, loss=CE, optimizer=ADAM, compile=backend)
     trainer = fit(compiled)
     assert compiled.net._compiled_call_impl is not None  # fit compiled it
@@ -228,12 +223,12 @@ def compiled_checkpoints_load_both_ways(tmp_path: Path, backend: str, back: bool
     assert resumed.net._compiled_call_impl is not None
 
 
-def test_compile_eager_backend_checkpoints_load_both_ways(tmp_path: Path) -> None:
+def test_compile_eager_backend_checkpoints_load_both_ways(tmp_path: Path, one_thread) -> None:
     compiled_checkpoints_load_both_ways(tmp_path, "eager")  # graph capture only: quick
 
 
 @pytest.mark.slow
-def test_compile_inductor_checkpoint_loads_uncompiled(tmp_path: Path) -> None:
+def test_compile_inductor_checkpoint_loads_uncompiled(tmp_path: Path, one_thread) -> None:
     # One compile (~20-60 s on a 2-core CPU); loading into a compiled module is the eager test's.
     compiled_checkpoints_load_both_ways(tmp_path, "inductor", back=False)
 

@@ -69,7 +69,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good(cfg_factory) -> None:
     from petseg.errors import NonFiniteLossError
 
     cfg = cfg_factory(*TINY, "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_epochs=3")
-    with pytest.raises(NonFiniteLossError, match=r"train/loss is (nan|inf) at global step \d+"):
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is not finite .* at global step \d+"):
         train(cfg)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
     assert not (ckpts / "interrupted.ckpt").exists()  # NaN weights are not saved as a resume point

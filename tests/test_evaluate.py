@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import open_dict
 
 from petseg.errors import ConfigError
@@ -43,8 +42,7 @@ def evaluate_config(tmp_path: Path, *overrides: str):
     return cfg
 
 
-def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
+def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path, one_thread) -> None:
     cfg = cfg_factory(*DATA, "model=segnet_dsc", "trainer.max_epochs=1")
     trained = train(cfg)
     run = Path(cfg.paths.output_dir)

@@ -20,7 +20,7 @@ from petseg.errors import ConfigError
 from petseg.export import ParityError, check_parity, export, ort_logits, ort_session
 from petseg.module import SegModule
 
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,27 +38,27 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Trained a little so BatchNorm's running statistics are not the identity.
     """
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = compose_config([*TINY])
-    module = SegModule(net=net_config(cfg), loss=cfg.loss, optimizer=cfg.optimizer)
-    batches = [
-        {"image": torch.rand(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
-        for _ in range(2)
-    ]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, train_dataloaders=InMemory(batches))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    with single_thread():
+        torch.manual_seed(0)
+        cfg = compose_config([*TINY])
+        module = SegModule(net=net_config(cfg), loss=cfg.loss, optimizer=cfg.optimizer)
+        batches = [
+            {"image": torch.rand(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
+            for _ in range(2)
+        ]
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, train_dataloaders=InMemory(batches))
+        path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+        trainer.save_checkpoint(path)
+        return path
 
 
 def export_config(tmp_path: Path, *overrides: str):
@@ -70,8 +70,9 @@ def export_config(tmp_path: Path, *overrides: str):
 
 
 @pytest.mark.slow
-def test_segnet_dsc_exports_and_matches_eager(ckpt: Path, tmp_path: Path, onnx_stack) -> None:
-    torch.set_num_threads(1)
+def test_segnet_dsc_exports_and_matches_eager(
+    ckpt: Path, tmp_path: Path, onnx_stack, one_thread
+) -> None:
     out = tmp_path / "model.onnx"
     cfg = export_config(tmp_path, f"ckpt_path={ckpt}", f"output={out}", "image_size=32", "runs=2")
     result = export(cfg)

@@ -267,13 +267,28 @@ def test_article_protocol_turns_on_eval_augment(cfg_factory) -> None:
     assert A.HorizontalFlip not in [type(t) for t in datamodule.test_set.transform.transforms]
 
 
-def test_train_loss_is_logged_only_on_logging_steps(tmp_path: Path, monkeypatch) -> None:
-    module = SegModule(
+def conv_module() -> SegModule:
+    """A 1x1 conv network: trainable, cheap."""
+    return SegModule(
         net={"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1},
         loss={"_target_": "petseg.losses.CrossEntropyLoss"},
         optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
         class_names=NAMES,
     )
+
+
+def train_batches(n: int, nan_at: int | None = None) -> list[dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    batches = [
+        {"image": torch.randn(1, 3, 4, 4), "mask": torch.randint(0, 3, (1, 4, 4))} for _ in range(n)
+    ]
+    if nan_at is not None:
+        batches[nan_at]["image"][0, 0, 0, 0] = float("nan")
+    return batches
+
+
+def test_train_loss_is_logged_only_on_logging_steps(tmp_path: Path, monkeypatch) -> None:
+    module = conv_module()
     logged: list[int] = []
     log = SegModule.log
 
@@ -294,14 +309,51 @@ def test_train_loss_is_logged_only_on_logging_steps(tmp_path: Path, monkeypatch)
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    torch.manual_seed(0)
-    batches = [{"image": torch.randn(1, 3, 4, 4), "mask": torch.randint(0, 3, (1, 4, 4))}] * 7
-    trainer.fit(module, train_dataloaders=loader(*batches))
+    trainer.fit(module, train_dataloaders=loader(*train_batches(7)))
 
-    assert logged == [2, 5]  # steps 3 and 6 of 7, 0-based: what the logger writes, no more
+    # Steps 3 and 6 of 7 (0-based 2, 5), which the logger writes, and the epoch's last batch,
+    # so the progress bar and callback_metrics end on the last step's loss.
+    assert logged == [2, 5, 6]
     with open(tmp_path / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     assert [int(r["step"]) for r in rows] == [2, 5]
     assert (
         "train/loss" in trainer.callback_metrics and "train/loss_epoch" in trainer.callback_metrics
     )
+
+
+@pytest.mark.parametrize(
+    ("every_step", "nan_at", "stopped_at"),
+    [
+        (True, 1, 1),  # CPU default: the step itself
+        (False, 1, 2),  # GPU default: deferred to the next logging step (every 3rd)...
+        (False, 6, 6),  # ...or the epoch's last batch, before any epoch-end checkpoint
+    ],
+)
+def test_non_finite_loss_names_its_first_step(
+    tmp_path: Path, every_step: bool, nan_at: int, stopped_at: int
+) -> None:
+    from petseg.errors import NonFiniteLossError
+
+    module = conv_module()
+    module.check_loss_every_step = every_step
+    seen: list[int] = []
+
+    class Steps(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(batch_idx)
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        log_every_n_steps=3,
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Steps()],
+    )
+    with pytest.raises(NonFiniteLossError, match=rf"at global step {nan_at} \(epoch 0\)"):
+        trainer.fit(module, train_dataloaders=loader(*train_batches(7, nan_at)))
+    assert seen[-1] == stopped_at

@@ -21,7 +21,7 @@ from petseg.predict import output_names, predict, run
 from petseg.train import train
 
 from conftest import TINY as TINY_RUN
-from conftest import compose_config
+from conftest import compose_config, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -40,17 +40,19 @@ BAD = ("notes.txt", "broken.jpg")
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny segnet_dsc trained 1 epoch at 32 px, in a run folder as the CLI leaves it."""
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("train")
-    base = [f"paths.root_dir={tmp}", "trainer.accelerator=cpu", "trainer.devices=1"]
-    cfg = compose_config([*base, *TINY])
-    run_dir = tmp / "run"
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    train(cfg)
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # Hydra writes it beside checkpoints/
-    return run_dir / "checkpoints" / "last.ckpt"
+    with single_thread():
+        tmp = tmp_path_factory.mktemp("train")
+        base = [f"paths.root_dir={tmp}", "trainer.accelerator=cpu", "trainer.devices=1"]
+        cfg = compose_config([*base, *TINY])
+        run_dir = tmp / "run"
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+        train(cfg)
+        (run_dir / ".hydra").mkdir()
+        OmegaConf.save(
+            cfg, run_dir / ".hydra" / "config.yaml"
+        )  # Hydra writes it beside checkpoints/
+        return run_dir / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture
