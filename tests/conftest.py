@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -35,6 +36,20 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         return compose(
             config_name=config_name, overrides=overrides or [], return_hydra_config=False
         )
+
+
+def quiet_trainer(root: str | Path, **options) -> L.Trainer:
+    """A one-device CPU Trainer that writes nothing of its own: no logger, checkpoints, progress
+    bar or model summary unless `options` turn them on."""
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(default_root_dir=root, **{**defaults, **options})
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from petseg.callbacks import DataWait
 
+from conftest import quiet_trainer
+
 
 class SlowItems(Dataset):
     """Batches of 2 images that take `delay` seconds each to load."""
@@ -43,16 +45,7 @@ class SlowStep(L.LightningModule):
 
 
 def fit(tmp_path: Path, load_s: float, step_s: float, callback: DataWait) -> dict[str, float]:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[callback])
     loader = DataLoader(SlowItems(load_s), batch_size=2)  # 4 batches, loaded in this process
     trainer.fit(SlowStep(step_s), loader)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

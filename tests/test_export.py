@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
@@ -20,7 +19,7 @@ from petseg.errors import ConfigError
 from petseg.export import ParityError, check_parity, export, ort_logits, ort_session
 from petseg.module import SegModule
 
-from conftest import TINY, compose_config, single_thread
+from conftest import TINY, compose_config, quiet_trainer, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,15 +45,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
             {"image": torch.rand(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
             for _ in range(2)
         ]
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=2,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
+        root = tmp_path_factory.mktemp("fit")
+        trainer = quiet_trainer(root, max_steps=2, limit_val_batches=0)
         trainer.fit(module, train_dataloaders=InMemory(batches))
         path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
         trainer.save_checkpoint(path)

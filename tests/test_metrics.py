@@ -28,6 +28,8 @@ from petseg.metrics import (
 )
 from petseg.module import SegModule
 
+from conftest import quiet_trainer
+
 PET, BG, BORDER = 0, 1, 2
 NAMES = ["pet", "background", "border"]
 
@@ -59,15 +61,7 @@ def identity_module(article: bool = False) -> SegModule:
 
 
 def make_trainer(root: Path, logger=False) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        default_root_dir=root,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(root, logger=logger)
 
 
 def loader(*batches: dict[str, torch.Tensor]) -> DataLoader:
@@ -299,16 +293,7 @@ def test_train_loss_is_logged_only_on_logging_steps(tmp_path: Path, monkeypatch)
 
     monkeypatch.setattr(SegModule, "log", spy)
     csv_logger = L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version="")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        log_every_n_steps=3,
-        logger=csv_logger,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=3, logger=csv_logger)
     trainer.fit(module, train_dataloaders=loader(*train_batches(7)))
 
     # Steps 3 and 6 of 7 (0-based 2, 5), which the logger writes, and the epoch's last batch,
@@ -343,17 +328,7 @@ def test_non_finite_loss_names_its_first_step(
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             seen.append(batch_idx)
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        log_every_n_steps=3,
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Steps()],
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=3, callbacks=[Steps()])
     with pytest.raises(NonFiniteLossError, match=rf"at global step {nan_at} \(epoch 0\)"):
         trainer.fit(module, train_dataloaders=loader(*train_batches(7, nan_at)))
     assert seen[-1] == stopped_at
