@@ -151,8 +151,9 @@ class SegModule(L.LightningModule):
         self.soft_ious = torch.nn.ModuleDict(
             {f"{stage}_soft_iou": MeanMetric(nan_strategy="disable") for stage in STAGES}
         )
-        # train/loss_epoch, weighted by batch size. A metric, not a second self.log per step:
-        # Lightning's log() costs ~0.5 ms per call on CPU, a few % of a small model's step.
+        # train/loss_epoch, weighted by batch size (one value per image: with nan_strategy=
+        # "disable", torchmetrics <= 1.9 ignores `weight`, Lightning-AI/torchmetrics#3434). A
+        # metric, not a second self.log per step: log() costs ~0.4 ms per call on CPU.
         self.epoch_loss = MeanMetric(nan_strategy="disable")
         self.article_protocol = article_protocol
         if article_protocol:
