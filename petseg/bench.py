@@ -1,7 +1,7 @@
 """Where a training run's time goes, measured in one process on the same data and models.
 
     python -m petseg.bench [--models vit_small,segformer,segnet_dsc | all] [--step-model NAME]
-        [--batch 8] [--steps 10] [--warmup 2] [--rounds 4] [--precisions 32,bf16-mixed]
+        [--batch 8] [--steps 10] [--warmup 2] [--rounds 8] [--precisions 32,bf16-mixed]
         [--data PATH|synthetic] [--skip pipeline,step,models,onnx] [--threads N]
         [--out outputs/bench] [overrides]
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -313,3 +314,34 @@ def test_train_metrics_every_n_steps_must_be_a_positive_int(every: object) -> No
 
     with pytest.raises(ConfigError, match=r"perf\.train_metrics_every_n_steps=.* integer >= 1"):
         SegModule(net=TWO_CONV, loss=CE, optimizer=ADAM, train_metrics_every_n_steps=every)
+
+
+# --- precision ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "runs_as", "dtype"),
+    [
+        ([], "32-true", torch.float32),  # trainer/default.yaml
+        (["trainer=cpu"], "bf16-mixed", torch.bfloat16),
+        (["trainer.precision=bf16-mixed"], "bf16-mixed", torch.bfloat16),
+        # No fp16 autocast on CPU: Lightning warns and runs bf16 (on a GPU it is fp16 + scaler).
+        (["trainer.precision=16-mixed"], "bf16-mixed", torch.bfloat16),
+    ],
+)
+def test_precision_switch_trains_on_cpu(
+    cfg_factory, one_thread, overrides: list[str], runs_as: str, dtype: torch.dtype
+) -> None:
+    cfg = cfg_factory(*TINY, *overrides)
+    module = bench.build_module(cfg)
+    dtypes: list[torch.dtype] = []
+    module.net.register_forward_hook(lambda net, args, out: dtypes.append(out.dtype))
+    fp16 = overrides == ["trainer.precision=16-mixed"]
+    expect = pytest.warns(UserWarning, match="fp16 is not supported on CPU") if fp16 else None
+    with expect or contextlib.nullcontext():
+        trainer = fit(module, steps=3, size=32, precision=cfg.trainer.precision)
+    assert trainer.precision == runs_as
+    assert dtypes and set(dtypes) == {dtype}  # the network's logits, under autocast or not
+    scores = trainer.callback_metrics
+    assert math.isfinite(float(scores["train/loss_epoch"]))
+    assert 0.0 <= float(scores["train/miou"]) <= 1.0  # metrics take bf16 logits as they are
