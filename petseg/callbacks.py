@@ -38,9 +38,11 @@ class DataWait(L.Callback):
     (fetching from the DataLoader, transfer, `on_after_batch_transfer` augmentation) over the
     loop's time from the first step's start, validation left out; `perf/first_batch_s`, the wait
     for the epoch's first batch (worker start-up), left out of the fraction;
-    `perf/train_images_per_s`. CPU wall clock: with a GPU the loss check syncs every step, so a
-    step's end is its work's end. Warns
-    once per fit when the fraction passes `warn_above`.
+    `perf/train_images_per_s`. Warns once per fit when the fraction passes `warn_above`.
+
+    CPU wall clock. On a GPU the CPU queues steps ahead of the device between syncs (logging
+    steps), so some of its wait for data can overlap the device's work: there the fraction is
+    an upper bound on the time the device sits idle.
     """
 
     def __init__(self, warn_above: float | None = 0.1) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.evaluate import load_module
+from petseg.metrics import argmax_classes
 from petseg.predict import resolve_image_size
 
 log = logging.getLogger("petseg.export")
@@ -102,7 +103,7 @@ def parity(net: nn.Module, session: Any, x: torch.Tensor) -> dict[str, float]:
     with torch.inference_mode():
         ref = net(x).float()
     out = ort_logits(session, x)
-    same = out.max(1).indices == ref.max(1).indices  # (B, H, W)
+    same = argmax_classes(out) == argmax_classes(ref)  # (B, H, W)
     return {
         "max_abs_diff": float((out - ref).abs().max()),
         "max_abs_logit": float(ref.abs().max()),

@@ -46,6 +46,22 @@ def scores_from_confmat(
     return {k: v.float() for k, v in scores.items()}
 
 
+def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(1)` for (B, C, H, W) logits, as int64 (B, H, W), with its first-index ties.
+
+    A running max over the class planes: on CPU ~15x faster than max(1).indices, whose strided
+    reduction over C costs ~0.85 ms for 8x3x128x128 (argmax(1) ~11 ms).
+    """
+    planes = logits.unbind(1)
+    top = planes[0]
+    small = len(planes) <= 256
+    preds = torch.zeros(top.shape, dtype=torch.uint8 if small else torch.long, device=top.device)
+    for c, plane in enumerate(planes[1:], 1):
+        preds += (plane > top) * (c - preds)
+        top = torch.maximum(top, plane)
+    return preds.long()
+
+
 class MetricInputs(NamedTuple):
     """What a batch adds to the split's metrics."""
 
@@ -73,14 +89,7 @@ def metric_inputs(
     logits = logits.detach()
     planes = logits.unbind(1)
     num_classes = len(planes)
-    # A running max over the class planes: ~40x faster on CPU than max(1), whose indices come
-    # from a strided reduction (argmax(1) is slower still); `>` keeps argmax's first-index ties.
-    top = planes[0]
-    small = num_classes <= 256
-    preds = torch.zeros(top.shape, dtype=torch.uint8 if small else torch.long, device=top.device)
-    for c, plane in enumerate(planes[1:], 1):
-        preds += (plane > top) * (c - preds)
-        top = torch.maximum(top, plane)
+    preds = argmax_classes(logits)
     valid = target != ignore_index
     labels = torch.where(valid, target, num_classes)
     index = labels.clamp(max=num_classes - 1).unsqueeze(1)  # ignored pixels: any class, masked
@@ -93,7 +102,7 @@ def metric_inputs(
     labelled = valid.sum((1, 2)).float()
     den = 2 * labelled - tp + smooth
     soft = torch.where(labelled > 0, (tp + smooth) / den.clamp_min(1e-12), 1.0)
-    return MetricInputs(preds.long(), labels, soft)
+    return MetricInputs(preds, labels, soft)
 
 
 # --- the article's protocol -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJac
 from petseg.errors import ConfigError, NonFiniteLossError
 from petseg.metrics import (
     SOFT_IOU_SMOOTH,
+    argmax_classes,
     confusion_table,
     metric_inputs,
     save_confusion,
@@ -319,7 +320,7 @@ class SegModule(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).max(1).indices
+        return argmax_classes(self(batch["image"]))
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_loss.update_called:

@@ -31,6 +31,7 @@ from petseg.data.oxford import load_image
 from petseg.data.transforms import eval_pipeline
 from petseg.errors import ConfigError, DataError, PetsegError, print_user_error
 from petseg.evaluate import load_module
+from petseg.metrics import argmax_classes
 from petseg.module import SegModule
 
 log = logging.getLogger("petseg.predict")
@@ -166,8 +167,7 @@ def predict_labels(
             full = F.interpolate(
                 logits[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False
             )  # (1, C, H, W)
-            # max(1).indices: argmax(1), but much faster on CPU (see SegModule._step).
-            labels.append(full.max(1).indices[0].to(torch.uint8).cpu().numpy())
+            labels.append(argmax_classes(full)[0].to(torch.uint8).cpu().numpy())
     return labels
 
 

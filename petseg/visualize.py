@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 
 from petseg.errors import ConfigError
+from petseg.metrics import argmax_classes
 
 # Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
 PALETTE = np.array(
@@ -208,7 +209,7 @@ class PredictionImages(L.Callback):
         with precision.forward_context():
             logits = pl_module(precision.convert_input(images.to(pl_module.device)))
         pl_module.train(was_training)
-        return logits.max(1).indices.cpu()  # (N, H, W)
+        return argmax_classes(logits).cpu()  # (N, H, W)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch

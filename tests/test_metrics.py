@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from petseg.losses import soft_iou
 from petseg.metrics import (
+    argmax_classes,
     article_protocol,
     confusion_table,
     metric_inputs,
@@ -172,6 +173,16 @@ def test_soft_iou_is_the_mean_over_images_not_over_batches(tmp_path: Path) -> No
         float(soft_iou(b["image"], b["mask"], smooth=0.001, average="image")) for b in batches
     ]
     assert abs(sum(batch_means) / 2 - expected) > 0.01
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 7, 300])  # 300: past uint8's class indices
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_classes_equals_argmax_with_its_ties(num_classes: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    logits = torch.randint(-3, 4, (2, num_classes, 8, 8)).to(dtype)  # small ints: many ties
+    preds = argmax_classes(logits)
+    assert preds.dtype == torch.long
+    assert torch.equal(preds, logits.float().argmax(1))
 
 
 @pytest.mark.parametrize("smooth", [0.001, 0.0, 1.0])
