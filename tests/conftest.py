@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
 PETS_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-mini"
 
 # A tiny synthetic run (8 + 4 images, 32 px, SegNet-DSC): seconds per epoch on a CPU.
@@ -38,7 +41,35 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         )
 
 
-def quiet_trainer(root: str | Path, **options) -> L.Trainer:
+def run_module(
+    module: str, *args: str, cwd: Path, timeout: int = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """`python -m <module> ...` in a subprocess, as a user runs it; W&B off, and
+    PETSEG_NUM_GPUS only when `env` sets it."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **env}
+    if "PETSEG_NUM_GPUS" not in env:
+        full_env.pop("PETSEG_NUM_GPUS", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_train(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`python -m petseg.train ...` (sweeps and DDP start processes of their own)."""
+    return run_module("petseg.train", *args, cwd=cwd, **env)
+
+
+def sweep_jobs(root: Path) -> list[Path]:
+    """A multirun's job folders under `root`/outputs/multirun, in job order."""
+    return sorted((root / "outputs" / "multirun").glob("*/*/[0-9]*"), key=lambda p: int(p.name))
+
+
+def quiet_trainer(root: str | Path | None, **options) -> L.Trainer:
     """A one-device CPU Trainer that writes nothing of its own: no logger, checkpoints, progress
     bar or model summary unless `options` turn them on."""
     defaults = {

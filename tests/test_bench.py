@@ -19,7 +19,7 @@ from petseg import bench
 from petseg.config import net_config
 from petseg.module import SegModule, strip_compile_prefix, use_fused
 
-from conftest import TINY
+from conftest import TINY, quiet_trainer
 
 # A 2-conv network from torch's own modules: compiles in seconds, not the minutes of a SegNet.
 TWO_CONV = {
@@ -54,16 +54,7 @@ def fit(module: SegModule, steps: int = 2, size: int = 16, **trainer_args: objec
         {"image": torch.rand(2, 3, size, size), "mask": torch.randint(0, 3, (2, size, size))}
         for _ in range(steps)
     ]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        **trainer_args,
-    )
+    trainer = quiet_trainer(None, max_steps=steps, limit_val_batches=0, **trainer_args)
     trainer.fit(module, train_dataloaders=bench.InMemory(batches))
     return trainer
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,8 @@ from PIL import Image
 
 from petseg.report import main, nice_ticks, report
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_module, run_train
+
 TARGETS = {"segnet_dsc": "petseg.models.segnet.SegNet", "unet": "petseg.models.unet.UNet"}
 LOSSES = {"ce": "petseg.losses.CrossEntropyLoss", "dice": "petseg.losses.DiceLoss"}
 
@@ -170,33 +168,18 @@ def test_nice_ticks_cover_the_range() -> None:
 
 @pytest.mark.slow
 def test_report_on_a_real_2x2_multirun(tmp_path: Path) -> None:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     train = [
         *("-m", "model=segnet_dsc,vit_small", "loss=ce,dice", "data=synthetic"),
         *("data.synthetic.num_trainval=8", "data.synthetic.num_test=4", "data.synthetic.size=48"),
         *("data.image_size=32", "data.num_workers=0", "trainer.max_epochs=2", "test=false"),
         f"paths.root_dir={tmp_path}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "petseg.train", *train],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_train(*train, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "petseg.report", str(sweep)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_module("petseg.report", str(sweep), cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(sweep / "report.csv")
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from petseg import launch
 from petseg.errors import ConfigError
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, run_train, sweep_jobs
 from conftest import TINY as TINY_RUN
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     *TINY_RUN,  # synthetic 8 + 4 images, 32 px, segnet_dsc
     "data.batch_size=2",
@@ -42,25 +39,6 @@ def hydra_compose(*overrides: str) -> DictConfig:
     """The config with its `hydra` node (sweeper, launcher, runtime choices), as the CLI has it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-
-
-def run_train(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """`python -m petseg.train ...` in a subprocess: sweeps and DDP start processes of their own."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **env}
-    if "PETSEG_NUM_GPUS" not in env:
-        full_env.pop("PETSEG_NUM_GPUS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "petseg.train", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def sweep_jobs(root: Path) -> list[Path]:
-    return sorted((root / "outputs" / "multirun").glob("*/*/[0-9]*"), key=lambda p: int(p.name))
 
 
 # --- every new config composes -----------------------------------------------------------------

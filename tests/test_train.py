@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,7 @@ from petseg.data.datamodule import PetDataModule
 from petseg.module import SegModule
 from petseg.train import train
 
-from conftest import CONF_DIR, TINY, compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import CONF_DIR, TINY, compose_config, run_train, sweep_jobs
 
 
 def group_options(group: str) -> list[str]:
@@ -137,27 +132,15 @@ def test_wandb_offline_run_has_metrics_and_no_secret(cfg_factory, monkeypatch) -
     assert not leaked, leaked
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "petseg.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cli_unknown_model_lists_choices(tmp_path: Path) -> None:
-    proc = run_cli("model=nope", cwd=tmp_path)
+    proc = run_train("model=nope", cwd=tmp_path)
     assert proc.returncode != 0
     assert "model/nope" in proc.stderr and "segnet_dsc" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_cli_missing_dataset_is_one_line(tmp_path: Path) -> None:
-    proc = run_cli(f"data.root={tmp_path}/none", "data.download=false", cwd=tmp_path)
+    proc = run_train(f"data.root={tmp_path}/none", "data.download=false", cwd=tmp_path)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.root=" in errors[0] and "data.download=true" in errors[0]
@@ -173,7 +156,7 @@ def test_cli_bad_trimaps_stop_with_one_error_line_and_report(
     bad = tiny_pets / "oxford-iiit-pet" / "annotations" / "trimaps"
     for png in bad.glob("*.png"):
         Image.fromarray(np.full((48, 48), 7, np.uint8), mode="L").save(png)
-    proc = run_cli(
+    proc = run_train(
         f"data.root={tiny_pets}",
         "data.download=false",
         "data.image_size=32",
@@ -191,7 +174,7 @@ def test_cli_bad_trimaps_stop_with_one_error_line_and_report(
 
 @pytest.mark.slow
 def test_cli_multirun_gives_each_job_its_folder(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = run_train(
         "-m",
         "model=segnet,segnet_dsc",
         *TINY[:-1],
@@ -201,7 +184,7 @@ def test_cli_multirun_gives_each_job_its_folder(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
+    jobs = sweep_jobs(tmp_path)
     assert [j.name for j in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").is_file()
@@ -226,7 +209,7 @@ def test_weight_auto_comes_from_training_pixel_counts(cfg_factory) -> None:
 
 @pytest.mark.slow
 def test_cli_failed_sweep_job_does_not_stop_the_others(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = run_train(
         "-m",
         "data.val_fraction=2.0,0.2",
         *TINY,
@@ -237,7 +220,7 @@ def test_cli_failed_sweep_job_does_not_stop_the_others(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1  # the sweep reports its failure at the end
     assert "error: data.val_fraction must be in (0, 1), got 2.0" in proc.stderr
-    failed, done = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*"))
+    failed, done = sweep_jobs(tmp_path)
     failed_status = json.loads((failed / "status.json").read_text())
     assert failed_status["status"] == "failed" and "val_fraction" in failed_status["error"]
     done_status = json.loads((done / "status.json").read_text())
