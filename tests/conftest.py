@@ -41,6 +41,14 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         )
 
 
+def cli_config(config_name: str, tmp_path: Path, *overrides: str) -> DictConfig:
+    """conf/<config_name>.yaml as its CLI would compose it, run folder tmp_path/<config_name>."""
+    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides], config_name=config_name)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / config_name)
+    return cfg
+
+
 def run_module(
     module: str, *args: str, cwd: Path, timeout: int = 300, **env: str
 ) -> subprocess.CompletedProcess:

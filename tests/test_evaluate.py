@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
 from petseg.errors import ConfigError
 from petseg.evaluate import evaluate
 from petseg.train import train
 
-from conftest import compose_config
+from conftest import cli_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [
@@ -34,12 +33,8 @@ DATA = [
 
 
 def evaluate_config(tmp_path: Path, *overrides: str):
-    """conf/evaluate.yaml as the CLI would compose it, run folder under tmp_path."""
-    base = [f"paths.root_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.devices=1"]
-    cfg = compose_config([*base, *overrides], config_name="evaluate")
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "eval")
-    return cfg
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=1"]
+    return cli_config("evaluate", tmp_path, *cpu, *overrides)
 
 
 def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path, one_thread) -> None:
@@ -60,14 +55,14 @@ def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path, 
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6, nan_ok=True), key
         assert metrics[key] == pytest.approx(float(logged[key]), abs=1e-6, nan_ok=True), key
 
-    for path in (tmp_path / "eval" / "metrics.json", out):
+    for path in (tmp_path / "evaluate" / "metrics.json", out):
         saved = json.loads(path.read_text())
         assert sorted(saved) == test_keys
         assert all(
             (saved[k] is None and math.isnan(metrics[k])) or saved[k] == pytest.approx(metrics[k])
             for k in test_keys
         )
-    assert (tmp_path / "eval" / "confusion" / "test_epoch000.csv").is_file()
+    assert (tmp_path / "evaluate" / "confusion" / "test_epoch000.csv").is_file()
 
     # The article's protocol on the same checkpoint adds article_iou (on augmented images).
     article = evaluate(

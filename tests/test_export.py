@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from petseg.bench import InMemory
 from petseg.config import net_config
@@ -19,7 +18,7 @@ from petseg.errors import ConfigError
 from petseg.export import ParityError, check_parity, export, ort_logits, ort_session
 from petseg.module import SegModule
 
-from conftest import TINY, compose_config, quiet_trainer, single_thread
+from conftest import TINY, cli_config, compose_config, quiet_trainer, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,11 +53,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def export_config(tmp_path: Path, *overrides: str):
-    """conf/export.yaml as the CLI would compose it, run folder under tmp_path."""
-    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides], config_name="export")
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "export")
-    return cfg
+    return cli_config("export", tmp_path, *overrides)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from petseg.predict import output_names, predict, run
 from petseg.train import train
 
 from conftest import TINY as TINY_RUN
-from conftest import compose_config, single_thread
+from conftest import cli_config, compose_config, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -77,11 +77,7 @@ def mixed(tmp_path: Path) -> Path:
 
 
 def predict_config(tmp_path: Path, *overrides: str):
-    """conf/predict.yaml as the CLI would compose it, run folder under tmp_path."""
-    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides], config_name="predict")
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "predict")
-    return cfg
+    return cli_config("predict", tmp_path, *overrides)
 
 
 def test_predict_mixed_folder(ckpt: Path, mixed: Path, tmp_path: Path, capsys) -> None:
