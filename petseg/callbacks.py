@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,16 @@ class DataWait(L.Callback):
     an upper bound on the time the device sits idle.
     """
 
-    def __init__(self, warn_above: float | None = 0.1) -> None:
+    def __init__(
+        self, warn_above: float | None = 0.1, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.warn_above = warn_above
+        self.clock = clock  # tests pass a fake clock to get exact fractions on a loaded machine
         self._warned = False
         self._reset()
 
     def _reset(self) -> None:
-        self._mark = time.perf_counter()
+        self._mark = self.clock()
         self.first_wait = self.wait = self.step = 0.0
         self.images = self.batches = 0
 
@@ -61,7 +65,7 @@ class DataWait(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self.batches == 0:
             self.first_wait = now - self._mark
         else:
@@ -76,7 +80,7 @@ class DataWait(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         self.step += now - self._mark
         self._mark = now
         self.batches += 1
@@ -84,7 +88,7 @@ class DataWait(L.Callback):
         self.images += int(image.shape[0]) if isinstance(image, torch.Tensor) else 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._mark = time.perf_counter()  # a mid-epoch validation (val_check_interval) is no wait
+        self._mark = self.clock()  # a mid-epoch validation (val_check_interval) is no wait
 
     @property
     def wait_fraction(self) -> float:
