@@ -1,0 +1,61 @@
+"""The command line of `python -m petseg.data.check`: scan, print the report, exit 0, 1 or 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from petseg.data.check.exclude import read_exclude, write_exclude
+from petseg.data.check.faults import EXCLUDE
+from petseg.data.check.scanner import scan
+from petseg.data.oxford import BASE_FOLDER, find_base, read_split
+from petseg.errors import DataError, PetsegError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m petseg.data.check",
+        description="Find unreadable, mismatched or missing files of an Oxford-IIIT Pet dataset.",
+        epilog="Exit status: 0 clean (or every bad sample excluded), 1 bad files, 2 no dataset.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="data.root=PATH", help="default: data")
+    parser.add_argument(
+        "--write-exclude",
+        action="store_true",
+        help=f"write annotations/{EXCLUDE}: the samples PetDataModule should skip",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: CPU count, at most 8)"
+    )
+    args = parser.parse_args(argv)
+    root = "data"
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if key.lstrip("+") != "data.root" or not sep or not value:
+            parser.error(f"unknown argument {item!r}: the one override is data.root=PATH")
+        root = value
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers={args.workers} must be >= 1")
+    try:
+        base = find_base(root)
+        if base is None:
+            raise DataError(
+                f"data.root={root}: no Oxford-IIIT Pet dataset there (expected "
+                f"{Path(root) / BASE_FOLDER}/images and annotations/trimaps, or those in data.root "
+                "itself); point data.root at the folder that holds oxford-iiit-pet/"
+            )
+        names = [*read_split(base, "trainval"), *read_split(base, "test")]
+        report = scan(base, names, args.workers)
+        report.excluded = read_exclude(base)
+        if args.write_exclude:
+            path = write_exclude(base, report.bad_names())
+            report.excluded = set(report.bad_names())
+    except PetsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.text())
+    if args.write_exclude:
+        print(f"Wrote {len(report.bad_names())} names to {path}")
+    return 1 if report.blocking() else 0
