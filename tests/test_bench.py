@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from petseg import bench
 from petseg.config import net_config
 from petseg.module import SegModule, strip_compile_prefix, use_fused
+from petseg.train import build_module
 
 from conftest import TINY, quiet_trainer
 
@@ -158,7 +159,7 @@ def test_fused_only_for_adam_on_cuda(optimizer: object, devices: set[str], fused
 
 def test_cpu_optimizer_is_not_fused(cfg_factory) -> None:
     cfg = cfg_factory(*TINY, "optimizer=adamw")
-    optimizer = bench.build_module(cfg).configure_optimizers()
+    optimizer = build_module(cfg).configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults["fused"]
 
 
@@ -168,7 +169,7 @@ def test_cpu_optimizer_is_not_fused(cfg_factory) -> None:
 def test_channels_last_same_logits_and_trains(cfg_factory, one_thread) -> None:
     cfg = cfg_factory(*TINY, "model.channels_last=true")
     torch.manual_seed(0)
-    nhwc = bench.build_module(cfg)
+    nhwc = build_module(cfg)
     nchw = SegModule(net=net_config(cfg), loss=cfg.loss, optimizer=cfg.optimizer)
     nchw.load_state_dict(nhwc.state_dict())
     conv = next(m for m in nhwc.net.modules() if isinstance(m, torch.nn.Conv2d))
@@ -244,14 +245,14 @@ def test_orig_mod_keys_load(tmp_path: Path) -> None:
 
 def test_perf_switches_compose(cfg_factory) -> None:
     cfg = cfg_factory(*TINY, "model.channels_last=true", "model.compile=eager")
-    module = bench.build_module(cfg)
+    module = build_module(cfg)
     assert module.channels_last and module.compile_backend == "eager"
     assert cfg.model.channels_last and cfg.model.compile == "eager"
     # Switches, not hyperparameters: neither the checkpoint's network config nor its hparams.
     assert "channels_last" not in module.hparams.net and "compile" not in module.hparams.net
     assert "channels_last" not in module.hparams and "compile" not in module.hparams
     assert type(module.net).__name__ == "SegNet"
-    inductor = bench.build_module(cfg_factory(*TINY, "model.compile=true"))
+    inductor = build_module(cfg_factory(*TINY, "model.compile=true"))
     assert inductor.compile_backend == "inductor"
 
 
@@ -324,7 +325,7 @@ def test_precision_switch_trains_on_cpu(
     cfg_factory, one_thread, overrides: list[str], runs_as: str, dtype: torch.dtype
 ) -> None:
     cfg = cfg_factory(*TINY, *overrides)
-    module = bench.build_module(cfg)
+    module = build_module(cfg)
     dtypes: list[torch.dtype] = []
     module.net.register_forward_hook(lambda net, args, out: dtypes.append(out.dtype))
     fp16 = overrides == ["trainer.precision=16-mixed"]
