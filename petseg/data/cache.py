@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from petseg.atomic import atomic_open
-from petseg.data.check import sample_files, writable
+from petseg.data.check import cache_place, sample_files
 from petseg.data.oxford import load_pair
 from petseg.data.transforms import resize
 from petseg.errors import DataError
@@ -67,11 +67,7 @@ SPARE_BYTES = 64 * 2**20  # keep this much disk free after a build
 
 def cache_root(base: Path) -> Path:
     """<dataset>/.petseg-cache, or a per-dataset folder in the user cache when that is read-only."""
-    if writable(base):
-        return base / FOLDER
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:16]
-    return cache_home / "petseg" / f"decoded-{key}"
+    return cache_place(base, FOLDER, "decoded-{key}")
 
 
 def cache_key(base: Path, names: Sequence[str], size: int) -> str:

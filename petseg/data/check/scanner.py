@@ -51,12 +51,18 @@ def writable(folder: Path) -> bool:
         return False
 
 
-def cache_path(base: Path) -> Path:
+def cache_place(base: Path, local: str, elsewhere: str) -> Path:
+    """`base/local` when the dataset folder is writable, else `<user cache>/petseg/<elsewhere>`
+    with `{key}` filled by a hash of the dataset's path, so datasets never share a cache."""
     if writable(base):
-        return base / CACHE_NAME
+        return base / local
     cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:16]
-    return cache_home / "petseg" / f"check-{key}.json"
+    return cache_home / "petseg" / elsewhere.format(key=key)
+
+
+def cache_path(base: Path) -> Path:
+    return cache_place(base, CACHE_NAME, "check-{key}.json")
 
 
 def load_cache(path: Path, base: Path) -> dict[str, list]:
