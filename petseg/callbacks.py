@@ -11,14 +11,15 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from petseg.errors import NonFiniteLossError
+from petseg.errors import PetsegError
 
 
 class SaveOnInterrupt(L.Callback):
-    """On a crash, Ctrl-C or SIGTERM mid-epoch, save `<dirpath>/<filename>.ckpt` to resume from.
+    """On a crash, Ctrl-C or SIGTERM mid-epoch, save `<dirpath>/<filename>.ckpt`, the cut-short work.
 
-    Not on a non-finite loss: those weights may already be NaN, and `last.ckpt` (the end of the
-    previous epoch) is the good one to go back to.
+    Not on a user error (a config mistake, a non-finite loss whose weights may be NaN): there
+    `last.ckpt`, the previous epoch's end, is the one to go back to. Lightning's
+    OnExceptionCheckpoint saves on every exception.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
@@ -27,7 +28,7 @@ class SaveOnInterrupt(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, NonFiniteLossError):
+        if isinstance(exception, PetsegError):
             return
         trainer.save_checkpoint(self.path)
 

@@ -91,12 +91,11 @@ def check_switches(cfg: DictConfig) -> None:
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path | None:
-    """The newest `last.ckpt` (end of an epoch) or `interrupted.ckpt` (a crash) under log_dir."""
-    found = [
-        p
-        for name in ("last", "interrupted")
-        for p in Path(log_dir).glob(f"**/checkpoints/{name}.ckpt")
-    ]
+    """The newest `checkpoints/last.ckpt` (an epoch's end) under log_dir.
+
+    A mid-epoch `interrupted.ckpt` is used only when named: its epoch cannot repeat exactly.
+    """
+    found = list(Path(log_dir).glob("**/checkpoints/last.ckpt"))
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

@@ -6,12 +6,11 @@ This is the only place objects are wired together; everything else is built from
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import secrets
+import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,22 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from petseg.config import find_last_checkpoint, net_config, validate
-from petseg.errors import PetsegError, one_line, print_user_error
+from petseg.errors import ConfigError, PetsegError, one_line, print_user_error
 from petseg.launch import setup_devices
 from petseg.metrics import article_protocol
 from petseg.module import SegModule
+from petseg.run_status import (
+    Interrupted,
+    SigtermGuard,
+    StatusFile,
+    effective_status,
+    read_status,
+    remove_stale_temp_files,
+)
 
 log = logging.getLogger("petseg.train")
 
@@ -107,19 +115,24 @@ def wandb_id(cfg: DictConfig) -> str | None:
     return cfg.logger.wandb.get("id") if cfg.get("logger") and "wandb" in cfg.logger else None
 
 
-def write_status(cfg: DictConfig, status: str, **extra: Any) -> None:
-    """`status.json` in the run folder: running, completed or failed (read by reports).
-
-    Rank 0 only: DDP's other ranks run this script too, with their own (unused) W&B ids.
-    """
+def status_file(cfg: DictConfig) -> StatusFile | None:
+    """The run folder's status.json writer; None off rank 0 (DDP's other ranks run this script
+    too, with their own unused W&B ids) or without a run folder."""
     if rank_zero_only.rank != 0:
-        return
+        return None
     try:
         folder = Path(cfg.paths.output_dir)
-    except Exception:  # no run folder (e.g. composed without Hydra and no output_dir)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "status.json").write_text(json.dumps({"status": status, **extra}, indent=1))
+    except Exception:  # composed without Hydra and no output_dir
+        return None
+    previous = read_status(folder)
+    if previous and effective_status(previous) == "running" and previous.get("pid") != os.getpid():
+        raise ConfigError(
+            f"{folder}: another run is still writing to this folder (pid {previous.get('pid')} "
+            f"on {previous.get('host')}); wait for it or choose another hydra.run.dir"
+        )
+    for tmp in remove_stale_temp_files(folder):
+        log.warning("Removed %s, a checkpoint half-written by a run that was killed", tmp)
+    return StatusFile(folder)
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -141,10 +154,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [build(c) for c in (cfg.get("logger") or {}).values() if c]
 
 
-def finish_wandb() -> None:
-    """Close this job's W&B run, so the next multirun job starts its own."""
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close this job's W&B run with the run's exit code (non-zero: W&B marks it failed), so the
+    next multirun job starts its own."""
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish()
+        sys.modules["wandb"].finish(exit_code=exit_code)
 
 
 def to_floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -169,18 +183,28 @@ def resolve_auto_weights(cfg: DictConfig, datamodule: Any) -> None:
 
 
 def resolve_resume(cfg: DictConfig) -> None:
-    """`ckpt_path=last` -> the newest last.ckpt; a resumed run keeps its W&B run id."""
+    """`ckpt_path=last` -> the newest epoch-end last.ckpt; a resumed run keeps its W&B run id.
+
+    The run that wrote the checkpoint must have ended; temp files it left when killed are removed.
+    """
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return
     path = find_last_checkpoint(cfg.paths.log_dir) if ckpt == "last" else Path(ckpt)
-    status = path.parent.parent / "status.json"
-    wandb_id = json.loads(status.read_text()).get("wandb_id") if status.is_file() else None
+    folder = path.parent.parent
+    status = read_status(folder)
+    if effective_status(status) == "running":
+        raise ConfigError(
+            f"ckpt_path={ckpt}: the run in {folder} is still running (pid {status.get('pid')} on "
+            f"{status.get('host')}); stop it first, or resume from a copy of {path.name}"
+        )
+    for tmp in remove_stale_temp_files(folder):
+        log.warning("Removed %s, a checkpoint half-written by a run that was killed", tmp)
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
-        if wandb_id and cfg.get("logger") and "wandb" in cfg.logger:
-            cfg.logger.wandb.id = wandb_id
-    log.info("Resuming from %s (W&B run %s)", path, wandb_id or "new")
+        if status.get("wandb_id") and cfg.get("logger") and "wandb" in cfg.logger:
+            cfg.logger.wandb.id = status["wandb_id"]
+    log.info("Resuming from %s (W&B run %s)", path, status.get("wandb_id") or "new")
 
 
 def replay_csv_history(ckpt_path: Path, loggers: list[Any]) -> None:
@@ -226,17 +250,66 @@ def build_module(cfg: DictConfig, article_protocol: bool = False) -> SegModule:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper."""
-    setup_devices(cfg)  # a sweep job's GPU, before CUDA starts; DDP launch checks
-    validate(cfg)  # before any data loads
-    resolve_resume(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    apply_wandb_env(cfg)
-    name_wandb_run(cfg)
-    write_status(cfg, "running", wandb_id=wandb_id(cfg))
-    article = article_protocol(cfg)  # sets data.eval_augment when on
+    """Fit (and test) one run; returns the final metrics, e.g. `val/miou` for a sweeper.
 
+    status.json, the exception raised and W&B's exit code record how the run ended: completed,
+    failed, or interrupted (Interrupted, for SIGINT/SIGTERM: no test runs after it).
+    """
+    status = None
+    try:
+        with SigtermGuard() as guard:
+            status = status_file(cfg)
+            if status is not None:
+                status.write("running")
+                status.beat()
+            setup_devices(cfg)  # a sweep job's GPU, before CUDA starts; DDP launch checks
+            validate(cfg)  # before any data loads
+            resolve_resume(cfg)
+            if cfg.get("seed") is not None:
+                L.seed_everything(cfg.seed, workers=True)
+            apply_wandb_env(cfg)
+            name_wandb_run(cfg)
+            if status is not None:
+                status.write("running", wandb_id=wandb_id(cfg))
+            metrics = fit_and_test(cfg, guard)
+    except BaseException as e:
+        code, state, error = how_it_ended(e)
+        finish_wandb(code)
+        if status is not None:
+            status.end(state, error=error, exit_code=code)
+        raise
+    finish_wandb(0)
+    if status is not None:
+        status.end("completed", metrics=metrics, exit_code=0)
+    return metrics
+
+
+def how_it_ended(error: BaseException) -> tuple[int, str, str]:
+    """(exit code, status, one-line error) for an exception that ended a run."""
+    if isinstance(error, KeyboardInterrupt):
+        error = Interrupted(signal.SIGINT)
+    if isinstance(error, Interrupted):
+        return error.code, "interrupted", error.name
+    cause = user_error(error)
+    return 1, "failed", one_line(cause) if cause is not None else repr(error)[:500]
+
+
+def run_lightning(trainer: L.Trainer, fn: Any, **kwargs: Any) -> Any:
+    """trainer.fit/test, with Lightning's SystemExit for SIGTERM or Ctrl-C raised as Interrupted
+    (Lightning exits 0 on SIGTERM and 1 on Ctrl-C)."""
+    try:
+        return fn(**kwargs)
+    except SystemExit as e:
+        if isinstance(e, SIGTERMException):
+            raise Interrupted(signal.SIGTERM) from None
+        if trainer.interrupted:
+            raise Interrupted(signal.SIGINT) from None
+        raise
+
+
+def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
+    """Wire data, module, loggers and Trainer; fit, then test the best checkpoint."""
+    article = article_protocol(cfg)  # sets data.eval_augment when on
     datamodule = build(cfg.data)
     datamodule.check_source()
     resolve_auto_weights(cfg, datamodule)
@@ -245,27 +318,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     loggers = build_loggers(cfg)
     trainer: L.Trainer = build(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers)
-    try:
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **stats})
-        if cfg.get("ckpt_path"):
-            replay_csv_history(Path(cfg.ckpt_path), trainer.loggers)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = to_floats(trainer.callback_metrics)
-        best = trainer.checkpoint_callback
-        if best is not None and best.best_model_score is not None:
-            metrics["val/miou_best"] = float(best.best_model_score)
-            log.info(
-                "Best checkpoint: %s (val/miou %.4f)",
-                best.best_model_path,
-                metrics["val/miou_best"],
-            )
-        if cfg.get("test"):
-            ckpt = "best" if best is not None and best.best_model_path else None
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
-            metrics.update(to_floats(trainer.callback_metrics))
-    finally:
-        finish_wandb()
+    guard.trainer = trainer
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **stats})
+    if cfg.get("ckpt_path"):
+        replay_csv_history(Path(cfg.ckpt_path), trainer.loggers)
+    run_lightning(
+        trainer, trainer.fit, model=module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path")
+    )
+    metrics = to_floats(trainer.callback_metrics)
+    best = trainer.checkpoint_callback
+    if best is not None and best.best_model_score is not None:
+        metrics["val/miou_best"] = float(best.best_model_score)
+        log.info(
+            "Best checkpoint: %s (val/miou %.4f)", best.best_model_path, metrics["val/miou_best"]
+        )
+    if cfg.get("test"):
+        ckpt = best.best_model_path if best is not None and best.best_model_path else None
+        run_lightning(trainer, trainer.test, model=module, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(to_floats(trainer.callback_metrics))
     return {**metrics, **{k: float(v) for k, v in stats.items()}}
 
 
@@ -285,31 +356,22 @@ class JobFailed(RuntimeError):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    started = time.time()
-
-    def status(state: str, **extra: Any) -> None:
-        seconds = round(time.time() - started, 1)
-        write_status(cfg, state, seconds=seconds, wandb_id=wandb_id(cfg), **extra)
-
-    status("running")
+    """Exit code 0 completed, 1 failed, 128 + signal for SIGINT (130) or SIGTERM (143)."""
     try:
         metrics = train(cfg)
-    except KeyboardInterrupt:
-        status("interrupted")
-        raise
+    except (Interrupted, KeyboardInterrupt) as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+        log.warning("Run interrupted by %s; resume with ckpt_path=last", stop.name)
+        raise SystemExit(stop.code) from None
     except Exception as e:
         cause = user_error(e)
         if cause is None:  # a bug, not bad input: keep the traceback
-            status("failed", error=repr(e)[:500])
             raise
-        message = one_line(cause)
-        status("failed", error=message)
         print_user_error(cause, log)
         hc = hydra_runtime()
         if hc is not None and str(hc.mode) == "RunMode.MULTIRUN":
-            raise JobFailed(message) from None
+            raise JobFailed(one_line(cause)) from None
         raise SystemExit(1) from None
-    status("completed", metrics=metrics)
     # A sweeper (e.g. Optuna) optimises the returned value.
     return metrics.get("val/miou_best", metrics.get("val/miou"))
 

@@ -13,8 +13,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from petseg.errors import PetsegError
+from petseg.run_status import effective_status
 
-STATUSES = ("completed", "failed", "interrupted", "running")
+STATUSES = ("completed", "failed", "interrupted", "killed", "running")
 
 
 @dataclass
@@ -145,7 +146,7 @@ def read_job(job: Path) -> JobRow:
     best = max(scored, key=lambda r: r["val/miou"]) if scored else {}
     trained = {"val/miou", "train/loss_epoch"}  # epoch-end keys; test rows do not count
     epochs = {int(r["epoch"]) for r in rows if "epoch" in r and trained & r.keys()}
-    state = status.get("status")
+    state = effective_status(status) if "status" in status else None
     overrides = read_yaml(job / ".hydra" / "overrides.yaml")
 
     def pick(*values: Any) -> float | None:
@@ -174,9 +175,9 @@ def read_job(job: Path) -> JobRow:
 
 
 def sort_key(row: JobRow) -> tuple[bool, bool, float, list[tuple[int, Any]]]:
-    """Best val mIoU first; runs without one after; failed runs last."""
+    """Best val mIoU first; runs without one after; failed and killed runs last."""
     miou = row.val_miou_best if finite(row.val_miou_best) else None
-    return (row.status == "failed", miou is None, -(miou or 0.0), natural(row.job))
+    return (row.status in ("failed", "killed"), miou is None, -(miou or 0.0), natural(row.job))
 
 
 def collect(path: Path) -> list[JobRow]:
