@@ -50,10 +50,11 @@ def cli_config(config_name: str, tmp_path: Path, *overrides: str) -> DictConfig:
 
 
 def run_module(
-    module: str, *args: str, cwd: Path, timeout: int = 300, **env: str
+    module: str, *args: str, cwd: Path, timeout: int = 900, **env: str
 ) -> subprocess.CompletedProcess:
     """`python -m <module> ...` in a subprocess, as a user runs it; W&B off, and
-    PETSEG_NUM_GPUS only when `env` sets it."""
+    PETSEG_NUM_GPUS only when `env` sets it. `timeout` only guards against a hang: far above
+    any run's duration on a loaded machine."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **env}
     if "PETSEG_NUM_GPUS" not in env:
         full_env.pop("PETSEG_NUM_GPUS", None)

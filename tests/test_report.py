@@ -179,7 +179,7 @@ def test_report_on_a_real_2x2_multirun(tmp_path: Path) -> None:
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
 
-    proc = run_module("petseg.report", str(sweep), cwd=tmp_path, timeout=60)
+    proc = run_module("petseg.report", str(sweep), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(sweep / "report.csv")
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
