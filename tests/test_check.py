@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -263,10 +264,18 @@ def test_loader_substitutes_a_file_gone_bad_after_setup(tiny_pets: Path, num_wor
 
 @pytest.mark.realdata
 def test_check_on_real_subset(pets_mini: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the shared data folder is read-only
-    code = check.main([f"data.root={pets_mini}"])
+    # A read-only copy: the scan cache goes to XDG_CACHE_HOME whether or not ../shared is writable.
+    root = tmp_path / "pets"
+    base = shutil.copytree(pets_mini / "oxford-iiit-pet", root / "oxford-iiit-pet")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    base.chmod(0o555)
+    try:
+        code = check.main([f"data.root={root}"])
+    finally:
+        base.chmod(0o755)
     out = capsys.readouterr().out
     print(out)
     assert "596 samples" in out and "Result: " in out
     assert code == 0  # pets-mini: 596 RGB JPEGs with 1/2/3 trimaps of the same size
-    assert not (pets_mini / "oxford-iiit-pet" / check.CACHE_NAME).exists()
+    assert not (base / check.CACHE_NAME).exists()
+    assert len(list((tmp_path / "xdg" / "petseg").glob("check-*.json"))) == 1

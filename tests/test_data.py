@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,13 @@ def test_image_trimap_size_mismatch_names_file(tiny_pets: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_real_subset_loads(pets_mini: Path) -> None:
-    dm = PetDataModule(pets_mini, download=False, image_size=64, batch_size=8, num_workers=0)
+def test_real_subset_loads(pets_mini: Path, tmp_path: Path, monkeypatch) -> None:
+    # A copy (read-only if the source is) and the user cache in tmp_path: setup's scan cache
+    # goes to neither ../shared nor ~/.cache, whether or not ../shared is writable.
+    root = tmp_path / "pets"
+    shutil.copytree(pets_mini / "oxford-iiit-pet", root / "oxford-iiit-pet")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    dm = PetDataModule(root, download=False, image_size=64, batch_size=8, num_workers=0)
     dm.setup("fit")
     dm.setup("test")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (339, 38, 219)
