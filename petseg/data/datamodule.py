@@ -184,7 +184,7 @@ class PetDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
-        # Decode JPEGs at a reduced scale that still covers the model's input size.
+        # Files are read at the model's input size (JPEGs draft-decoded, labels resized once).
         draft = self.image_size
         augment = train_pipeline(self.image_size, self.train_transforms)
         evaluate = augment if self.eval_augment else eval_pipeline(self.image_size)
