@@ -118,6 +118,37 @@ def test_damaged_cache_is_rebuilt_not_read(
         assert torch.equal(again.train_set[i]["mask"], item["mask"])
 
 
+def test_bytes_changed_in_place_are_caught_and_rebuilt(
+    tiny_pets: Path, decodes: list[Path]
+) -> None:
+    """Same size, same shapes: only the manifest's checksums tell, once per setup."""
+    dm = datamodule(tiny_pets)
+    dm.setup("fit")
+    expected = {name: dm.train_set[i]["mask"] for i, name in enumerate(dm.train_set.names)}
+    (folder,) = folders(tiny_pets)
+    masks = np.load(folder / cache.MASKS, mmap_mode="r")
+    offset = masks.offset + masks.size - 1  # the last label of the last row (a train sample)
+    assert sorted(expected)[-1] == json.loads((folder / cache.MANIFEST).read_text())["names"][-1]
+    with open(folder / cache.MASKS, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([7]))  # not a label
+    again = datamodule(tiny_pets)
+    with pytest.warns(UserWarning) as record:
+        again.setup("fit")
+    messages = [str(w.message) for w in record]
+    assert messages == [
+        f"{folder}: decoded cache changed on disk (masks.npy checksum differs from its "
+        "manifest); rebuilding it"
+    ]
+    assert len(decodes) == 20 and folders(tiny_pets) == [folder]  # rebuilt in place
+    for i, name in enumerate(again.train_set.names):
+        assert torch.equal(again.train_set[i]["mask"], expected[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        datamodule(tiny_pets).setup("fit")  # whole again: no warning, nothing decoded
+    assert len(decodes) == 20
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_items_equal_the_jpeg_path(tiny_pets: Path, augment: bool) -> None:
     """cache_size = image_size (default): identical inputs, so identical items for every seed."""

@@ -3,15 +3,16 @@
 <root>/<label>-<S>px-<key>/ holds images.npy (N, S, S, 3), masks.npy (N, S, S) and manifest.json;
 root is <dataset>/.petseg-cache, or $XDG_CACHE_HOME/petseg/decoded-<hash> if that is read-only.
 The key hashes the sorted names, each file's size and mtime_ns, S and CACHE_VERSION. The manifest,
-written last, holds the arrays' shapes and byte sizes: a cache that is missing, foreign or torn is
-rebuilt; DataLoader workers just map it. A lock makes concurrent runs build once. S = image_size
-by default; a larger data.cache_size leaves the pipeline a resize.
+written last, holds each array's sha256: ensure_cache checks it once per setup (workers just map)
+and rebuilds a cache that is missing, foreign, torn or changed in place. A lock makes concurrent
+runs build once. S = image_size by default; a larger data.cache_size leaves the pipeline a resize.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from petseg.errors import DataError
 log = logging.getLogger("petseg.data.cache")
 
 # Bump when what a cache holds changes meaning (resize, label mapping, layout); 2: labels are
-# resized once from full resolution.
+# resized once from full resolution, manifests hold checksums.
 CACHE_VERSION = 2
 FOLDER = ".petseg-cache"
 MANIFEST = "manifest.json"
@@ -114,8 +115,16 @@ class DecodedArrays:
         return {**self.__dict__, "_arrays": None}
 
 
+def digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def is_valid(folder: Path, key: str, names: list[str], size: int) -> bool:
-    """The manifest exists, is this key's, and the arrays have its shapes and byte sizes."""
+    """The manifest is this key's and the arrays have its shapes, byte sizes and checksums.
+
+    A checksum mismatch (bytes changed in place) warns once, naming the folder; the rest is silent.
+    """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         if (manifest["version"], manifest["key"]) != (CACHE_VERSION, key):
@@ -129,9 +138,16 @@ def is_valid(folder: Path, key: str, names: list[str], size: int) -> bool:
             array = np.load(path, mmap_mode="r")  # a truncated file fails here (mmap length)
             if array.shape != shape or array.dtype != np.uint8:
                 return False
+        changed = [f for f in (IMAGES, MASKS) if digest(folder / f) != manifest["sha256"][f]]
     except Exception:  # a cache is only a shortcut: any doubt means build it again
         return False
-    return True
+    if changed:
+        warnings.warn(
+            f"{folder}: decoded cache changed on disk ({', '.join(changed)} checksum differs "
+            "from its manifest); rebuilding it",
+            stacklevel=3,
+        )
+    return not changed
 
 
 @contextmanager
@@ -145,9 +161,12 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_header(f: Any, shape: tuple[int, ...]) -> None:
+def write_header(f: Any, shape: tuple[int, ...], hasher: Any) -> None:
     header = {"descr": "|u1", "fortran_order": False, "shape": shape}
-    np.lib.format.write_array_header_1_0(f, header)  # padded: the data starts 64-byte aligned
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)  # padded: data starts 64-byte aligned
+    f.write(buffer.getvalue())
+    hasher.update(buffer.getvalue())
 
 
 def build(
@@ -171,14 +190,17 @@ def build(
 
     workers = workers or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max(1, min(workers, len(names))))
+    hashers = {file: hashlib.sha256() for file in layout}  # over the bytes as written
     try:
         with ExitStack() as stack:
             files = {file: stack.enter_context(atomic_open(folder / file)) for file in layout}
             for file, shape in layout.items():
-                write_header(files[file], shape)
+                write_header(files[file], shape, hashers[file])
             for arrays in pool.map(decode, names):  # in order: row i is names[i]
                 for file, array in zip(layout, arrays, strict=True):
-                    files[file].write(np.ascontiguousarray(array, dtype=np.uint8).data)
+                    data = np.ascontiguousarray(array, dtype=np.uint8).data
+                    files[file].write(data)
+                    hashers[file].update(data)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     manifest = {
@@ -188,6 +210,7 @@ def build(
         "size": size,
         "shapes": {file: list(shape) for file, shape in layout.items()},
         "bytes": {file: (folder / file).stat().st_size for file in layout},
+        "sha256": {file: hasher.hexdigest() for file, hasher in hashers.items()},
         "seconds": round(time.perf_counter() - start, 3),
         "names": names,
     }
