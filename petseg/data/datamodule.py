@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
 from petseg.data.cache import DecodedArrays, ensure_cache
-from petseg.data.check import usable_names
+from petseg.data.check import check_split_overlap, usable_names
 from petseg.data.gpu_augment import FlipJitter, split_transforms
 from petseg.data.oxford import (
     BASE_FOLDER,
@@ -184,6 +184,7 @@ class PetDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
+        check_split_overlap(base, self.root)
         # Files are read at the model's input size (JPEGs draft-decoded, labels resized once).
         draft = self.image_size
         augment = train_pipeline(self.image_size, self.train_transforms)
