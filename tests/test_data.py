@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -165,6 +168,40 @@ def test_real_labels_are_resized_once(pets_mini: Path, tmp_path: Path, cache: bo
     for name, mask in served_masks(tmp_path / "pets", 64, cache).items():
         labels = load_trimap(base / "annotations" / "trimaps" / f"{name}.png")
         np.testing.assert_array_equal(mask, one_nearest_resize(labels, 64))
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution")),
+            "([Errno -3] Temporary failure in name resolution)",
+        ),
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            "([Errno 104] Connection reset by peer)",
+        ),
+    ],
+)
+def test_download_without_network_is_one_line(
+    tmp_path: Path, monkeypatch, error: OSError, reason: str
+) -> None:
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise error
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # what torchvision's download calls
+    dm = PetDataModule(tmp_path / "data", download=True)
+    with pytest.raises(DataError) as raised:
+        dm.prepare_data()
+    message = str(raised.value)
+    assert calls and "\n" not in message and raised.value.__cause__ is None
+    assert message.startswith(f"data.download=true: downloading Oxford-IIIT Pet into {tmp_path}")
+    assert reason in message and "https://www.robots.ox.ac.uk/~vgg/data/pets/" in message
+    assert "data.download=false" in message
+    assert "point data.root at the folder holding oxford-iiit-pet/" in message
 
 
 @pytest.mark.realdata

@@ -31,6 +31,7 @@ from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import ConfigError, DataError
 
 MAX_AUTO_WORKERS = 8
+PETS_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 # data.gpu_augment's stages (all but training only with eval_augment), numbered for their seeds.
 AUGMENTED_STAGES = {
     RunningStage.TRAINING: 0,
@@ -126,7 +127,16 @@ class PetDataModule(L.LightningDataModule):
         elif find_base(self.root) is None and self.download:
             from torchvision.datasets import OxfordIIITPet
 
-            OxfordIIITPet(str(self.root), target_types="segmentation", download=True)
+            try:
+                OxfordIIITPet(str(self.root), target_types="segmentation", download=True)
+            except (OSError, RuntimeError) as e:  # URLError, timeouts, disk; a bad md5
+                reason = " ".join(str(getattr(e, "reason", None) or e).split())  # one line
+                raise DataError(
+                    f"data.download=true: downloading Oxford-IIIT Pet into {self.root} failed "
+                    f"({reason}); get images.tar.gz and annotations.tar.gz from {PETS_URL}, "
+                    "extract them into <folder>/oxford-iiit-pet/ and point data.root at the "
+                    "folder holding oxford-iiit-pet/ (or set data.download=false)"
+                ) from None
 
     def check_source(self) -> None:
         """Fail before any model is built when the data can be neither found nor made."""
