@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import time
+import shutil
 import warnings
 from pathlib import Path
 
@@ -36,9 +36,9 @@ def decodes(monkeypatch) -> list[Path]:
     calls: list[Path] = []
     load_pair = cache.load_pair
 
-    def counting(image_path: Path, trimap_path: Path, draft_size: int | None = None):
+    def counting(image_path: Path, *args, **kwargs):
         calls.append(image_path)
-        return load_pair(image_path, trimap_path, draft_size)
+        return load_pair(image_path, *args, **kwargs)
 
     monkeypatch.setattr(cache, "load_pair", counting)
     return calls
@@ -116,6 +116,37 @@ def test_damaged_cache_is_rebuilt_not_read(
     for i, item in enumerate(expected):
         assert torch.equal(again.train_set[i]["image"], item["image"])
         assert torch.equal(again.train_set[i]["mask"], item["mask"])
+
+
+def test_bytes_changed_in_place_are_caught_and_rebuilt(
+    tiny_pets: Path, decodes: list[Path]
+) -> None:
+    """Same size, same shapes: only the manifest's checksums tell, once per setup."""
+    dm = datamodule(tiny_pets)
+    dm.setup("fit")
+    expected = {name: dm.train_set[i]["mask"] for i, name in enumerate(dm.train_set.names)}
+    (folder,) = folders(tiny_pets)
+    masks = np.load(folder / cache.MASKS, mmap_mode="r")
+    offset = masks.offset + masks.size - 1  # the last label of the last row (a train sample)
+    assert sorted(expected)[-1] == json.loads((folder / cache.MANIFEST).read_text())["names"][-1]
+    with open(folder / cache.MASKS, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([7]))  # not a label
+    again = datamodule(tiny_pets)
+    with pytest.warns(UserWarning) as record:
+        again.setup("fit")
+    messages = [str(w.message) for w in record]
+    assert messages == [
+        f"{folder}: decoded cache changed on disk (masks.npy checksum differs from its "
+        "manifest); rebuilding it"
+    ]
+    assert len(decodes) == 20 and folders(tiny_pets) == [folder]  # rebuilt in place
+    for i, name in enumerate(again.train_set.names):
+        assert torch.equal(again.train_set[i]["mask"], expected[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        datamodule(tiny_pets).setup("fit")  # whole again: no warning, nothing decoded
+    assert len(decodes) == 20
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -244,11 +275,18 @@ def test_config_defaults_and_errors(cfg_factory, tiny_pets: Path) -> None:
 
 @pytest.mark.realdata
 def test_real_subset_through_the_cache(pets_mini: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the shared data folder is read-only
-    start = time.perf_counter()
-    dm = datamodule(pets_mini, image_size=64, batch_size=16, train_transforms=AUGMENT)
-    dm.setup("fit")
-    print(f"pets-mini trainval cache at 64 px: setup {time.perf_counter() - start:.1f} s")
+    # A read-only copy: the cache goes to XDG_CACHE_HOME whether or not ../shared is writable.
+    root = tmp_path / "pets"
+    base = shutil.copytree(pets_mini / "oxford-iiit-pet", root / "oxford-iiit-pet")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    base.chmod(0o555)
+    try:
+        dm = datamodule(root, image_size=64, batch_size=16, train_transforms=AUGMENT)
+        dm.setup("fit")
+    finally:
+        base.chmod(0o755)
+    assert not (base / cache.FOLDER).exists()
+    assert dm.train_set.cache.folder.parents[1] == tmp_path / "xdg" / "petseg"
     assert (len(dm.train_set), len(dm.val_set)) == (339, 38)
     seen = 0
     for batch in dm.train_dataloader():
@@ -257,7 +295,7 @@ def test_real_subset_through_the_cache(pets_mini: Path, tmp_path: Path, monkeypa
         seen += len(batch["image"])
     assert seen == 339 - 339 % 16
     # Exact on real JPEGs too: the val items equal the JPEG path's.
-    jpeg = PetDataModule(pets_mini, download=False, image_size=64)
+    jpeg = PetDataModule(root, download=False, image_size=64)
     jpeg.setup("fit")
     for i in range(len(jpeg.val_set)):
         assert torch.equal(jpeg.val_set[i]["image"], dm.val_set[i]["image"])

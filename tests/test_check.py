@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -261,12 +262,44 @@ def test_loader_substitutes_a_file_gone_bad_after_setup(tiny_pets: Path, num_wor
         dm.train_set[0]  # the dataset itself still raises
 
 
+def test_test_names_in_trainval_break_the_check_and_setup(tiny_pets: Path, capsys) -> None:
+    base = find_base(tiny_pets)
+    with (base / "annotations" / "test.txt").open("a") as f:
+        f.write("synthetic_3 1 1 1\nsynthetic_7 1 1 1\n")  # both also in trainval.txt
+    assert check.main([f"data.root={tiny_pets}"]) == 1
+    out = capsys.readouterr().out
+    assert "annotations/test.txt: split-overlap: also in annotations/trainval.txt" in out
+    assert "Result: 2 breaking files" in out
+    for stage in ("fit", "test"):
+        dm = PetDataModule(tiny_pets, download=False, image_size=32, num_workers=0, skip_bad=True)
+        with pytest.raises(DataError) as error:
+            dm.setup(stage)
+        assert str(error.value) == (
+            f"{base / 'annotations'}/trainval.txt and test.txt both list 2 names (synthetic_3, "
+            "synthetic_7): test images would be trained on; remove them from one list, or skip "
+            f"them with `python -m petseg.data.check data.root={tiny_pets} --write-exclude`"
+        )
+    assert check.main([f"data.root={tiny_pets}", "--write-exclude"]) == 0  # the fix it names
+    dm = PetDataModule(tiny_pets, download=False, image_size=32, num_workers=0)
+    dm.setup()
+    names = {*dm.train_set.names, *dm.val_set.names, *dm.test_set.names}
+    assert len(names) == 12 and not {"synthetic_3", "synthetic_7"} & names
+
+
 @pytest.mark.realdata
 def test_check_on_real_subset(pets_mini: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the shared data folder is read-only
-    code = check.main([f"data.root={pets_mini}"])
+    # A read-only copy: the scan cache goes to XDG_CACHE_HOME whether or not ../shared is writable.
+    root = tmp_path / "pets"
+    base = shutil.copytree(pets_mini / "oxford-iiit-pet", root / "oxford-iiit-pet")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    base.chmod(0o555)
+    try:
+        code = check.main([f"data.root={root}"])
+    finally:
+        base.chmod(0o755)
     out = capsys.readouterr().out
     print(out)
     assert "596 samples" in out and "Result: " in out
     assert code == 0  # pets-mini: 596 RGB JPEGs with 1/2/3 trimaps of the same size
-    assert not (pets_mini / "oxford-iiit-pet" / check.CACHE_NAME).exists()
+    assert not (base / check.CACHE_NAME).exists()
+    assert len(list((tmp_path / "xdg" / "petseg").glob("check-*.json"))) == 1

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,7 +16,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from petseg.data.datamodule import PetDataModule
-from petseg.data.oxford import PetTrimaps, find_base, load_trimap, read_split
+from petseg.data.oxford import PetTrimaps, find_base, load_image, load_trimap, read_split
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import DataError
@@ -104,9 +109,109 @@ def test_image_trimap_size_mismatch_names_file(tiny_pets: Path) -> None:
         dataset[0]
 
 
+def one_nearest_resize(labels: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def write_layout(root: Path, trainval: list[str], test: list[str]) -> Path:
+    """The split lists of an Oxford layout under root/oxford-iiit-pet; returns that folder."""
+    annotations = root / "oxford-iiit-pet" / "annotations"
+    (annotations / "trimaps").mkdir(parents=True, exist_ok=True)
+    (root / "oxford-iiit-pet" / "images").mkdir(exist_ok=True)
+    (annotations / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in trainval))
+    (annotations / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in test))
+    return root / "oxford-iiit-pet"
+
+
+def served_masks(root: Path, size: int, cache: bool) -> dict[str, np.ndarray]:
+    """Every split's labels as PetDataModule serves them (no augmentation), by name."""
+    dm = PetDataModule(root, download=False, image_size=size, num_workers=0, cache=cache)
+    dm.setup()
+    assert (dm.train_set.cache is not None) == cache
+    return {
+        name: dataset[i]["mask"].numpy()
+        for dataset in (dm.train_set, dm.val_set, dm.test_set)
+        for i, name in enumerate(dataset.names)
+    }
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_labels_are_resized_once_from_full_size(tmp_path: Path, cache: bool) -> None:
+    """A draft-decoded JPEG must not drag its labels through the draft size (two nearest steps)."""
+    rng = np.random.default_rng(0)
+    names = [f"big_{i}" for i in range(4)]
+    base = write_layout(tmp_path / "pets", names[:3], names[3:])
+    full = {}
+    for name in names:
+        raw = rng.integers(1, 4, (261, 303), dtype=np.uint8)  # per-pixel labels: every step shows
+        Image.fromarray(raw, mode="L").save(base / "annotations" / "trimaps" / f"{name}.png")
+        image = rng.integers(0, 256, (261, 303, 3), dtype=np.uint8)
+        Image.fromarray(image).save(base / "images" / f"{name}.jpg", quality=90)
+        full[name] = raw - 1
+    assert load_image(base / "images" / "big_0.jpg", 64)[0].shape == (66, 76, 3)  # drafted
+    served = served_masks(tmp_path / "pets", 64, cache)
+    assert sorted(served) == names
+    for name, mask in served.items():
+        np.testing.assert_array_equal(mask, one_nearest_resize(full[name], 64))
+
+
 @pytest.mark.realdata
-def test_real_subset_loads(pets_mini: Path) -> None:
-    dm = PetDataModule(pets_mini, download=False, image_size=64, batch_size=8, num_workers=0)
+@pytest.mark.parametrize("cache", [False, True])
+def test_real_labels_are_resized_once(pets_mini: Path, tmp_path: Path, cache: bool) -> None:
+    source = find_base(pets_mini)
+    trainval, test = read_split(source, "trainval")[:3], read_split(source, "test")[:2]
+    base = write_layout(tmp_path / "pets", trainval, test)  # a private copy: caches go there
+    for name in [*trainval, *test]:
+        for rel in (f"images/{name}.jpg", f"annotations/trimaps/{name}.png"):
+            shutil.copy2(source / rel, base / rel)
+    assert load_image(base / "images" / f"{test[0]}.jpg", 64)[0].shape[0] < 200  # drafted
+    for name, mask in served_masks(tmp_path / "pets", 64, cache).items():
+        labels = load_trimap(base / "annotations" / "trimaps" / f"{name}.png")
+        np.testing.assert_array_equal(mask, one_nearest_resize(labels, 64))
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution")),
+            "([Errno -3] Temporary failure in name resolution)",
+        ),
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            "([Errno 104] Connection reset by peer)",
+        ),
+    ],
+)
+def test_download_without_network_is_one_line(
+    tmp_path: Path, monkeypatch, error: OSError, reason: str
+) -> None:
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise error
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # what torchvision's download calls
+    dm = PetDataModule(tmp_path / "data", download=True)
+    with pytest.raises(DataError) as raised:
+        dm.prepare_data()
+    message = str(raised.value)
+    assert calls and "\n" not in message and raised.value.__cause__ is None
+    assert message.startswith(f"data.download=true: downloading Oxford-IIIT Pet into {tmp_path}")
+    assert reason in message and "https://www.robots.ox.ac.uk/~vgg/data/pets/" in message
+    assert "data.download=false" in message
+    assert "point data.root at the folder holding oxford-iiit-pet/" in message
+
+
+@pytest.mark.realdata
+def test_real_subset_loads(pets_mini: Path, tmp_path: Path, monkeypatch) -> None:
+    # A copy (read-only if the source is) and the user cache in tmp_path: setup's scan cache
+    # goes to neither ../shared nor ~/.cache, whether or not ../shared is writable.
+    root = tmp_path / "pets"
+    shutil.copytree(pets_mini / "oxford-iiit-pet", root / "oxford-iiit-pet")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    dm = PetDataModule(root, download=False, image_size=64, batch_size=8, num_workers=0)
     dm.setup("fit")
     dm.setup("test")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (339, 38, 219)

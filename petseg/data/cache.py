@@ -1,45 +1,23 @@
-"""Decoded cache: every sample decoded and resized once, into uint8 arrays each process maps.
+"""Decoded cache: each sample read once by load_pair at S x S, into uint8 arrays every process maps.
 
-Decoding a JPEG and a PNG trimap costs several times what the augmentations on the small image do,
-and it is the same work every epoch. The first setup over a list of samples (`data.cache=true`)
-decodes each image and trimap once (a thread pool: PIL and OpenCV release the GIL), resizes them to
-cache_size x cache_size with the pipeline's own resize (images: area when shrinking; masks: nearest,
-labels 0/1/2) and writes
-
-    <cache root>/<label>-<S>px-<key>/images.npy     uint8 (N, S, S, 3)
-                                    /masks.npy      uint8 (N, S, S)
-                                    /manifest.json
-
-where the cache root is <dataset>/.petseg-cache, or $XDG_CACHE_HOME/petseg/decoded-<hash of the
-dataset path> (~/.cache when unset) when the dataset folder is read-only. Later setups, and every
-DataLoader worker, memory-map those arrays (np.load(mmap_mode="r"), opened on first read in each
-process), and the albumentations pipeline resizes S -> image_size and augments as before.
-
-The resize to S x S squares each image as the JPEG path's Resize(image_size, image_size) does.
-S defaults to image_size (`data.cache_size=null`): the pipeline's resize is then a no-op and items
-equal the JPEG path's exactly. A larger S (headroom for a crop before the resize, which the default
-pipeline does not do) costs a second resize per sample: on pets-mini at 128 px, S=160 ran at about
-half the samples/s of S=128, images differed from the JPEG path by ~2/255 on average and ~3% of
-mask pixels moved by one pixel (two nearest-neighbour steps instead of one).
-
-Key: a hash of the sorted names, each image's and trimap's size and mtime_ns, S and
-CACHE_VERSION, so a changed, added or removed file gives a new key and a new cache (older caches of
-the same label and size are then deleted). The arrays go to temp files that are renamed into place,
-and the manifest is written last; a cache whose manifest is missing, foreign, or disagrees with the
-arrays' shapes or byte sizes is rebuilt, never read. A file lock in the cache root makes DDP ranks
-and concurrent runs build a cache once and wait for it.
+<root>/<label>-<S>px-<key>/ holds images.npy (N, S, S, 3), masks.npy (N, S, S) and manifest.json;
+root is <dataset>/.petseg-cache, or $XDG_CACHE_HOME/petseg/decoded-<hash> if that is read-only.
+The key hashes the sorted names, each file's size and mtime_ns, S and CACHE_VERSION. The manifest,
+written last, holds each array's sha256: ensure_cache checks it once per setup (workers just map)
+and rebuilds a cache that is missing, foreign, torn or changed in place. A lock makes concurrent
+runs build once. S = image_size by default; a larger data.cache_size leaves the pipeline a resize.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import shutil
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,12 +31,13 @@ import numpy as np
 from petseg.atomic import atomic_open
 from petseg.data.check import cache_place, sample_files
 from petseg.data.oxford import load_pair
-from petseg.data.transforms import resize
 from petseg.errors import DataError
 
 log = logging.getLogger("petseg.data.cache")
 
-CACHE_VERSION = 1  # bump when what a cache holds changes meaning (resize, label mapping, layout)
+# Bump when what a cache holds changes meaning (resize, label mapping, layout); 2: labels are
+# resized once from full resolution, manifests hold checksums.
+CACHE_VERSION = 2
 FOLDER = ".petseg-cache"
 MANIFEST = "manifest.json"
 IMAGES, MASKS = "images.npy", "masks.npy"
@@ -136,8 +115,16 @@ class DecodedArrays:
         return {**self.__dict__, "_arrays": None}
 
 
+def digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def is_valid(folder: Path, key: str, names: list[str], size: int) -> bool:
-    """The manifest exists, is this key's, and the arrays have its shapes and byte sizes."""
+    """The manifest is this key's and the arrays have its shapes, byte sizes and checksums.
+
+    A checksum mismatch (bytes changed in place) warns once, naming the folder; the rest is silent.
+    """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         if (manifest["version"], manifest["key"]) != (CACHE_VERSION, key):
@@ -151,9 +138,16 @@ def is_valid(folder: Path, key: str, names: list[str], size: int) -> bool:
             array = np.load(path, mmap_mode="r")  # a truncated file fails here (mmap length)
             if array.shape != shape or array.dtype != np.uint8:
                 return False
+        changed = [f for f in (IMAGES, MASKS) if digest(folder / f) != manifest["sha256"][f]]
     except Exception:  # a cache is only a shortcut: any doubt means build it again
         return False
-    return True
+    if changed:
+        warnings.warn(
+            f"{folder}: decoded cache changed on disk ({', '.join(changed)} checksum differs "
+            "from its manifest); rebuilding it",
+            stacklevel=3,
+        )
+    return not changed
 
 
 @contextmanager
@@ -167,9 +161,12 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_header(f: Any, shape: tuple[int, ...]) -> None:
+def write_header(f: Any, shape: tuple[int, ...], hasher: Any) -> None:
     header = {"descr": "|u1", "fortran_order": False, "shape": shape}
-    np.lib.format.write_array_header_1_0(f, header)  # padded: the data starts 64-byte aligned
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)  # padded: data starts 64-byte aligned
+    f.write(buffer.getvalue())
+    hasher.update(buffer.getvalue())
 
 
 def build(
@@ -186,26 +183,24 @@ def build(
     free = shutil.disk_usage(folder).free
     if free < need + SPARE_BYTES:
         raise OSError(f"needs {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
-    local = threading.local()  # one Resize per thread: transforms are not meant to be shared
 
     def decode(name: str) -> tuple[np.ndarray, np.ndarray]:
-        if not hasattr(local, "resize"):
-            local.resize = resize(size)
         image_rel, trimap_rel = sample_files(name)
-        image, mask = load_pair(base / image_rel, base / trimap_rel, draft_size=size)
-        out = local.resize(image=image, mask=mask)
-        return out["image"], out["mask"]
+        return load_pair(base / image_rel, base / trimap_rel, size)
 
     workers = workers or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max(1, min(workers, len(names))))
+    hashers = {file: hashlib.sha256() for file in layout}  # over the bytes as written
     try:
         with ExitStack() as stack:
             files = {file: stack.enter_context(atomic_open(folder / file)) for file in layout}
             for file, shape in layout.items():
-                write_header(files[file], shape)
-            for image, mask in pool.map(decode, names):  # in order: row i is names[i]
-                files[IMAGES].write(np.ascontiguousarray(image, dtype=np.uint8).data)
-                files[MASKS].write(np.ascontiguousarray(mask, dtype=np.uint8).data)
+                write_header(files[file], shape, hashers[file])
+            for arrays in pool.map(decode, names):  # in order: row i is names[i]
+                for file, array in zip(layout, arrays, strict=True):
+                    data = np.ascontiguousarray(array, dtype=np.uint8).data
+                    files[file].write(data)
+                    hashers[file].update(data)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     manifest = {
@@ -215,6 +210,7 @@ def build(
         "size": size,
         "shapes": {file: list(shape) for file, shape in layout.items()},
         "bytes": {file: (folder / file).stat().st_size for file in layout},
+        "sha256": {file: hasher.hexdigest() for file, hasher in hashers.items()},
         "seconds": round(time.perf_counter() - start, 3),
         "names": names,
     }

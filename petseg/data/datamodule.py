@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
 from petseg.data.cache import DecodedArrays, ensure_cache
-from petseg.data.check import usable_names
+from petseg.data.check import check_split_overlap, usable_names
 from petseg.data.gpu_augment import FlipJitter, split_transforms
 from petseg.data.oxford import (
     BASE_FOLDER,
@@ -31,6 +31,7 @@ from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import ConfigError, DataError
 
 MAX_AUTO_WORKERS = 8
+PETS_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 # data.gpu_augment's stages (all but training only with eval_augment), numbered for their seeds.
 AUGMENTED_STAGES = {
     RunningStage.TRAINING: 0,
@@ -126,7 +127,16 @@ class PetDataModule(L.LightningDataModule):
         elif find_base(self.root) is None and self.download:
             from torchvision.datasets import OxfordIIITPet
 
-            OxfordIIITPet(str(self.root), target_types="segmentation", download=True)
+            try:
+                OxfordIIITPet(str(self.root), target_types="segmentation", download=True)
+            except (OSError, RuntimeError) as e:  # URLError, timeouts, disk; a bad md5
+                reason = " ".join(str(getattr(e, "reason", None) or e).split())  # one line
+                raise DataError(
+                    f"data.download=true: downloading Oxford-IIIT Pet into {self.root} failed "
+                    f"({reason}); get images.tar.gz and annotations.tar.gz from {PETS_URL}, "
+                    "extract them into <folder>/oxford-iiit-pet/ and point data.root at the "
+                    "folder holding oxford-iiit-pet/ (or set data.download=false)"
+                ) from None
 
     def check_source(self) -> None:
         """Fail before any model is built when the data can be neither found nor made."""
@@ -184,7 +194,8 @@ class PetDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
-        # Decode JPEGs at a reduced scale that still covers the model's input size.
+        check_split_overlap(base, self.root)
+        # Files are read at the model's input size (JPEGs draft-decoded, labels resized once).
         draft = self.image_size
         augment = train_pipeline(self.image_size, self.train_transforms)
         evaluate = augment if self.eval_augment else eval_pipeline(self.image_size)

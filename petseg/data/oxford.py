@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from petseg.data.transforms import resize_image, resize_labels
 from petseg.errors import DataError
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ def read_split(base: Path, split: str) -> list[str]:
 def load_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """RGB uint8 (H, W, 3) and the file's full (H, W).
 
-    With draft_size, a JPEG decodes at 1/2, 1/4 or 1/8 scale while staying >= draft_size: several
-    times faster, and the pipeline resizes it further anyway.
+    With draft_size, a JPEG decodes at 1/2, 1/4 or 1/8 scale while staying >= draft_size (faster;
+    the image is resized further anyway). The image only: labels never go through a draft size.
     """
     try:
         with Image.open(path) as img:
@@ -94,27 +94,31 @@ def load_trimap(path: Path) -> np.ndarray:
 
 
 def load_pair(
-    image_path: Path, trimap_path: Path, draft_size: int | None = None
+    image_path: Path, trimap_path: Path, size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image RGB uint8 (h, w, 3) and its labels uint8 (h, w), at the draft-decoded image's size."""
+    """Image RGB uint8 (S, S, 3) and labels uint8 (S, S) at `size`, or both at full size.
+
+    The image is draft-decoded, then resized by the pipeline's own resize (area/linear); the
+    labels go from full resolution to S in one nearest resize, so no label is resampled twice.
+    """
     mask = load_trimap(trimap_path)
-    image, full = load_image(image_path, draft_size)
+    image, full = load_image(image_path, size)
     if full != mask.shape:
         raise DataError(
             f"{image_path}: image is {full[1]}x{full[0]} but its trimap {trimap_path.name} "
             f"is {mask.shape[1]}x{mask.shape[0]}"
         )
-    if image.shape[:2] != mask.shape:
-        # A draft-decoded JPEG is smaller: bring the mask to it (nearest keeps labels exact).
-        mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-    return image, mask
+    if size is None:
+        return image, mask
+    return resize_image(image, size), resize_labels(mask, size)
 
 
 class PetTrimaps(Dataset):
     """(image, mask) pairs of one list of names; `transform` is an albumentations pipeline.
 
-    With `cache` (rows of petseg.data.cache's decoded arrays, one per name) samples come from
-    those arrays instead of the JPEG/PNG files.
+    Files are read at draft_size x draft_size (load_pair's `size`; None: full size). With `cache`
+    (rows of petseg.data.cache's decoded arrays, one per name, built by load_pair too) samples
+    come from those arrays instead of the JPEG/PNG files.
     """
 
     def __init__(
@@ -167,7 +171,7 @@ class PetTrimaps(Dataset):
             index = key
             self.seed_transform()
         if self.cache is not None:
-            image, mask = self.cache.read(index)  # decoded and resized once, by petseg.data.cache
+            image, mask = self.cache.read(index)  # load_pair's output, stored once
         else:
             image, mask = load_pair(*self.paths(index), self.draft_size)
         out = self.transform(image=image, mask=mask)

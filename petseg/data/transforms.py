@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import albumentations as A
 import cv2
+import numpy as np
 
 
 def resize(image_size: int) -> A.Resize:
@@ -17,6 +18,16 @@ def resize(image_size: int) -> A.Resize:
         mask_interpolation=cv2.INTER_NEAREST,
         area_for_downscale="image",
     )
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """An image at size x size through the pipeline's resize (so that resize is then a no-op)."""
+    return resize(size)(image=image)["image"]
+
+
+def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """Labels at size x size by nearest neighbour, the interpolation the pipeline uses for masks."""
+    return cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
 def train_pipeline(image_size: int, augment: Sequence[A.BasicTransform] = ()) -> A.Compose:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from petseg.data.check.exclude import read_exclude, write_exclude
-from petseg.data.check.faults import EXCLUDE
+from petseg.data.check.faults import EXCLUDE, split_overlap
 from petseg.data.check.scanner import scan
 from petseg.data.oxford import BASE_FOLDER, find_base, read_split
 from petseg.errors import DataError, PetsegError
@@ -46,8 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{Path(root) / BASE_FOLDER}/images and annotations/trimaps, or those in data.root "
                 "itself); point data.root at the folder that holds oxford-iiit-pet/"
             )
-        names = [*read_split(base, "trainval"), *read_split(base, "test")]
-        report = scan(base, names, args.workers)
+        trainval, test = read_split(base, "trainval"), read_split(base, "test")
+        report = scan(base, [*trainval, *test], args.workers)
+        report.faults += split_overlap(trainval, test)
         report.excluded = read_exclude(base)
         if args.write_exclude:
             path = write_exclude(base, report.bad_names())

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from petseg.data.check.faults import EXCLUDE
+from petseg.data.check.faults import EXCLUDE, split_overlap
 from petseg.data.check.scanner import scan, writable, write_atomic
+from petseg.data.oxford import read_split
 from petseg.errors import DataError
 
 log = logging.getLogger("petseg.data.check")
@@ -96,3 +97,24 @@ def usable_names(
                 f"the bad and excluded ones; run `python -m petseg.data.check data.root={root}`"
             )
     return kept
+
+
+def check_split_overlap(base: Path, root: str | Path) -> None:
+    """DataError when trainval.txt and test.txt share a name not in exclude.txt: test leakage.
+
+    Without a test list (a trainval-only copy) there is nothing to leak into.
+    """
+    if not (base / "annotations" / "test.txt").is_file():
+        return
+    exclude = read_exclude(base)
+    faults = split_overlap(read_split(base, "trainval"), read_split(base, "test"))
+    both = [f.name for f in faults if f.name not in exclude]
+    if both:
+        shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
+        lists = f"{base / 'annotations'}/trainval.txt and test.txt"
+        noun = "name" if len(both) == 1 else "names"
+        raise DataError(
+            f"{lists} both list {len(both)} {noun} ({shown}): test images would be trained on; "
+            "remove them from one list, or skip them with `python -m petseg.data.check "
+            f"data.root={root} --write-exclude`"
+        )

@@ -7,24 +7,28 @@ from pathlib import Path
 from typing import Any
 
 EXCLUDE = "exclude.txt"  # in annotations/, beside the split lists
-BREAKING = frozenset(
+BREAKING = frozenset(  # setup stops unless exclude.txt lists the sample (files: or data.skip_bad)
     {
         "unreadable",
         "truncated",
-        "unsupported-mode",
-        "size-mismatch",
-        "trimap-values",
-        "missing-image",
+        "unsupported-mode",  # no faithful RGB conversion, e.g. 16-bit
+        "size-mismatch",  # image vs trimap
+        "trimap-values",  # outside {1, 2, 3}
+        "missing-image",  # a split list names a sample with no file
         "missing-trimap",
+        "split-overlap",  # a test-list name also in trainval: test leakage
     }
 )
+# Handled by the reader, listed for information: "format-mismatch" (PNG or GIF bytes in a .jpg: PIL
+# opens files by content) and "mode" (grayscale, RGBA, palette, CMYK: converted to RGB).
+
 # Modes whose .convert("RGB") is faithful; others (I;16, I, F) would come out clipped.
 RGB_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One problem of one file: `kind` is a name from the package docstring."""
+    """One problem of one file: `kind` is one of BREAKING or a handled kind (above)."""
 
     name: str  # the sample, as the split list names it
     path: str  # the file, relative to the dataset folder
@@ -99,6 +103,14 @@ class Report:
 def sample_files(name: str) -> tuple[str, str]:
     """Image and trimap of a sample, relative to the dataset folder (as PetTrimaps.paths)."""
     return f"images/{name}.jpg", f"annotations/trimaps/{name}.png"
+
+
+def split_overlap(trainval: list[str], test: list[str]) -> list[Fault]:
+    """A `split-overlap` fault per test-list name also in trainval: it would leak into training."""
+    train = set(trainval)
+    both = [name for name in dict.fromkeys(test) if name in train]
+    detail = "also in annotations/trainval.txt: a test image in training"
+    return [Fault(name, "annotations/test.txt", "split-overlap", detail) for name in both]
 
 
 def judge(name: str, image: dict[str, Any] | None, trimap: dict[str, Any] | None) -> list[Fault]:
