@@ -15,7 +15,7 @@ from petseg.errors import PetsegError
 
 
 class SaveOnInterrupt(L.Callback):
-    """On a crash, Ctrl-C or SIGTERM mid-epoch, save `<dirpath>/<filename>.ckpt`, the cut-short work.
+    """On a crash, Ctrl-C or SIGTERM mid-epoch, save `<dirpath>/<filename>.ckpt`: the work so far.
 
     Not on a user error (a config mistake, a non-finite loss whose weights may be NaN): there
     `last.ckpt`, the previous epoch's end, is the one to go back to. Lightning's

@@ -20,7 +20,7 @@ def decode_dataset(cfg: DictConfig, base: Path, names: Sequence[str]) -> PetTrim
     """Today's training path: JPEG/PNG decode (draft-scaled) + resize + train augmentations."""
     size = int(cfg.data.image_size)
     augment = hydra.utils.instantiate(cfg.data.train_transforms)
-    return PetTrimaps(base, names, train_pipeline(size, augment), draft_size=size)
+    return PetTrimaps(base, names, train_pipeline(size, augment), size=size)
 
 
 def cached_dataset(source: PetTrimaps, size: int) -> PetTrimaps:
@@ -36,7 +36,7 @@ def cached_dataset(source: PetTrimaps, size: int) -> PetTrimaps:
     rows = ensure_cache(source.base, source.names, size, "bench")
     if rows is None:
         raise OSError("the decoded cache could not be written (see the warning above)")
-    return PetTrimaps(source.base, source.names, source.transform, source.draft_size, cache=rows)
+    return PetTrimaps(source.base, source.names, source.transform, source.size, cache=rows)
 
 
 def samples_per_s(dataset: PetTrimaps, count: int, warmup: int = 2) -> tuple[float, list[Batch]]:

@@ -196,7 +196,7 @@ class PetDataModule(L.LightningDataModule):
         base = self.base()
         check_split_overlap(base, self.root)
         # Files are read at the model's input size (JPEGs draft-decoded, labels resized once).
-        draft = self.image_size
+        size = self.image_size
         augment = train_pipeline(self.image_size, self.train_transforms)
         evaluate = augment if self.eval_augment else eval_pipeline(self.image_size)
         if stage in (None, "fit", "validate") and self.train_set is None:
@@ -206,11 +206,11 @@ class PetDataModule(L.LightningDataModule):
             cached = self.decoded([*usable["train"], *usable["val"]], "trainval")
             train_rows = cached.select(usable["train"]) if cached is not None else None
             val_rows = cached.select(usable["val"]) if cached is not None else None
-            self.train_set = PetTrimaps(base, usable["train"], augment, draft, train_rows)
-            self.val_set = PetTrimaps(base, usable["val"], evaluate, draft, val_rows)
+            self.train_set = PetTrimaps(base, usable["train"], augment, size, train_rows)
+            self.val_set = PetTrimaps(base, usable["val"], evaluate, size, val_rows)
         if stage in (None, "test", "predict") and self.test_set is None:
             test = self.usable({"test": read_split(base, "test")})["test"]
-            self.test_set = PetTrimaps(base, test, evaluate, draft, self.decoded(test, "test"))
+            self.test_set = PetTrimaps(base, test, evaluate, size, self.decoded(test, "test"))
 
     def _loader(self, dataset: PetTrimaps | None, shuffle: bool) -> DataLoader:
         assert dataset is not None, "call setup() first"

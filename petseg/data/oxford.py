@@ -116,7 +116,7 @@ def load_pair(
 class PetTrimaps(Dataset):
     """(image, mask) pairs of one list of names; `transform` is an albumentations pipeline.
 
-    Files are read at draft_size x draft_size (load_pair's `size`; None: full size). With `cache`
+    Files are read at size x size (load_pair's `size`; None: full size). With `cache`
     (rows of petseg.data.cache's decoded arrays, one per name, built by load_pair too) samples
     come from those arrays instead of the JPEG/PNG files.
     """
@@ -126,13 +126,13 @@ class PetTrimaps(Dataset):
         base: Path,
         names: Sequence[str],
         transform: Transform,
-        draft_size: int | None = None,
+        size: int | None = None,
         cache: DecodedArrays | None = None,
     ) -> None:
         self.base = Path(base)
         self.names = list(names)
         self.transform = transform
-        self.draft_size = draft_size
+        self.size = size
         if cache is not None and cache.names != self.names:
             raise ValueError("cache rows must be the dataset's names, in the same order")
         self.cache = cache
@@ -173,7 +173,7 @@ class PetTrimaps(Dataset):
         if self.cache is not None:
             image, mask = self.cache.read(index)  # load_pair's output, stored once
         else:
-            image, mask = load_pair(*self.paths(index), self.draft_size)
+            image, mask = load_pair(*self.paths(index), self.size)
         out = self.transform(image=image, mask=mask)
         image_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
         return {
