@@ -8,11 +8,18 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from petseg.atomic import atomic_open
+from petseg.atomic import atomic_open, no_space, storage_error
+
+# What torch.save raises when a write under it fails ("unexpected pos 704 vs 598" when the file
+# object's write raised, e.g. ENOSPC: atomic_open finds that OSError in the chain).
+TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed writing file")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO, but saving through a temp file and a rename."""
+    """Lightning's torch checkpoint IO, but saving through a temp file and a rename.
+
+    A full disk raises petseg.errors.StorageError naming the folder; the previous file stays.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -20,4 +27,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as e:
+                if no_space(e) or not any(s in str(e) for s in TORCH_WRITE_FAILED):
+                    raise  # atomic_open names a full disk it can see
+                torch_says = str(e).strip().splitlines()[0]
+                raise storage_error(
+                    path, f"the write failed ({torch_says}), most likely no space left on device"
+                ) from e

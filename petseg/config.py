@@ -6,16 +6,25 @@ values that compose fine but cannot work, with one line naming the key, the valu
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from petseg.errors import ConfigError
 
 # Keys of the model group that configure SegModule's handling of the network, not the network.
 NET_SWITCHES = ("channels_last", "compile")
+# trainer.precision values Lightning 2.6 accepts (the supported list of lightning.fabric.connector:
+# its precision strings, the ints and the legacy string aliases).
+PRECISIONS = (
+    "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+    "transformer-engine", "transformer-engine-float16",
+    32, 16, 64, "32", "16", "64", "bf16",
+)  # fmt: skip
 
 
 def net_config(cfg: DictConfig) -> dict[str, Any]:
@@ -35,12 +44,41 @@ def model_stride(cfg: DictConfig) -> int:
     return int(getattr(get_class(cfg.model._target_), "stride", 1))
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_optimizer(cfg: DictConfig) -> None:
+    """Numeric options (those whose default in the optimizer's signature is a number or a tuple
+    of numbers: lr, weight_decay, momentum, betas...) must be numbers; lr > 0, weight_decay >= 0.
+    """
     lr = cfg.optimizer.get("lr")
-    if lr is None or not lr > 0:
+    if lr is None:
+        raise ConfigError("optimizer.lr is not set: add e.g. optimizer.lr=1e-3")
+    try:
+        defaults = inspect.signature(get_class(cfg.optimizer._target_)).parameters
+    except Exception:  # not a class we can read: instantiating it names the problem
+        defaults = {}
+    for key, value in cfg.optimizer.items():
+        default = defaults[key].default if key in defaults else None
+        if is_number(default) and not is_number(value):
+            raise ConfigError(
+                f"optimizer.{key}={value} is not a number: use e.g. optimizer.{key}={default}"
+            )
+        numbers = isinstance(default, tuple) and default and all(map(is_number, default))
+        if numbers and not (
+            isinstance(value, ListConfig)
+            and len(value) == len(default)
+            and all(map(is_number, value))
+        ):
+            raise ConfigError(
+                f"optimizer.{key}={value} must be {len(default)} numbers: use e.g. "
+                f"optimizer.{key}=[{','.join(map(str, default))}]"
+            )
+    if not is_number(lr) or not lr > 0:
         raise ConfigError(f"optimizer.lr={lr} must be > 0 (e.g. optimizer.lr=1e-3)")
     wd = cfg.optimizer.get("weight_decay", 0.0)
-    if wd is not None and wd < 0:
+    if wd is not None and (not is_number(wd) or wd < 0):
         raise ConfigError(f"optimizer.weight_decay={wd} must be >= 0")
 
 
@@ -60,6 +98,13 @@ def check_classes(cfg: DictConfig) -> None:
         raise ConfigError(
             f"class_names has {len(cfg.class_names)} names but data.num_classes={num_classes}"
         )
+    outputs = cfg.model.get("num_classes")  # a wrapped library model may name it otherwise
+    if outputs is not None and outputs != num_classes:
+        raise ConfigError(
+            f"model.num_classes={outputs} but the data has data.num_classes={num_classes} classes "
+            f"({', '.join(cfg.class_names)}): drop the model.num_classes override (it follows "
+            "data.num_classes), or change data.num_classes and class_names together"
+        )
     ignore = cfg.loss.get("ignore_index")
     if ignore is not None and ignore >= num_classes:
         raise ConfigError(
@@ -70,8 +115,51 @@ def check_classes(cfg: DictConfig) -> None:
 
 def check_epochs(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
-    if epochs is not None and epochs != -1 and epochs < 1:
+    if epochs is None:
+        return
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise ConfigError(
+            f"trainer.max_epochs={epochs} is not a whole number: use e.g. trainer.max_epochs=20 "
+            "(or -1 for no limit)"
+        )
+    if epochs != -1 and epochs < 1:
         raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (or -1 for no limit)")
+
+
+def check_precision(cfg: DictConfig) -> None:
+    precision = cfg.trainer.get("precision")
+    if precision is None:  # Lightning's default, 32-true
+        return
+    valid = isinstance(precision, str | int) and not isinstance(precision, bool)
+    if not (valid and precision in PRECISIONS):
+        accepted = ", ".join(dict.fromkeys(map(str, PRECISIONS)))  # 32 and "32" read the same
+        raise ConfigError(
+            f"trainer.precision={precision} is not a Lightning precision: use one of {accepted}"
+        )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU accelerator needs a visible CUDA device, and as many as trainer.devices asks for.
+
+    torch.cuda.device_count() counts through NVML where it can, without starting CUDA (DDP and
+    the gpu_pool launcher still set devices up after this).
+    """
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA device is visible: use trainer=cpu, "
+            "or trainer.accelerator=auto (the GPU when there is one)"
+        )
+    devices = cfg.trainer.get("devices", "auto")
+    wanted = len(devices) if isinstance(devices, ListConfig) else devices
+    if is_number(wanted) and wanted > count:
+        raise ConfigError(
+            f"trainer.devices={devices} asks for {wanted} GPUs but only {count} visible: use "
+            f"trainer.devices={count} or trainer.devices=auto (every visible GPU)"
+        )
 
 
 def check_switches(cfg: DictConfig) -> None:
@@ -114,7 +202,9 @@ def validate(cfg: DictConfig) -> None:
     """Every check, cheapest first; raises ConfigError on the first problem."""
     check_optimizer(cfg)
     check_epochs(cfg)
+    check_precision(cfg)
     check_classes(cfg)
     check_switches(cfg)
     check_checkpoint(cfg)
     check_image_size(cfg)
+    check_accelerator(cfg)  # last: asks torch for the CUDA devices

@@ -18,6 +18,13 @@ class ConfigError(PetsegError):
     """A config option has a value petseg cannot use."""
 
 
+class StorageError(PetsegError, OSError):
+    """A file could not be written (e.g. the disk is full); the message names the folder.
+
+    Also an OSError, so code that falls back on a failed write (the decoded cache) still does.
+    """
+
+
 class NonFiniteLossError(PetsegError):
     """The training loss became NaN or Inf; the message names the step and what to try."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
@@ -28,6 +30,8 @@ Config = Mapping[str, Any]
 STAGES = ("train", "val", "test")
 # Optimizers with a fused CUDA kernel (one launch for every parameter), used when on CUDA.
 FUSABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+# The checkpoint entry that holds the best val/miou so far and its epoch (SegModule.best_val_*).
+BEST_KEY = "petseg_val_miou_best"
 
 
 def plain(cfg: Config | None) -> dict[str, Any] | None:
@@ -58,6 +62,19 @@ def use_fused(
     )
 
 
+def scores_step(trainer: L.Trainer) -> int:
+    """The step Lightning gives the loggers for this stage's epoch-end scores (`self.log`), so
+    pictures and tables logged by hand sit at the same step as the scores they belong to.
+
+    Lightning logs them at its count of batches that stepped; a validation inside fit runs after
+    its batch's optimizer step but before that count goes up: one below trainer.global_step (one
+    optimizer, as here). Test, predict and a lone validate: trainer.global_step.
+    """
+    if trainer.state.fn == TrainerFn.FITTING:
+        return max(0, trainer.global_step - 1)
+    return trainer.global_step
+
+
 def strip_compile_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Keys without torch.compile's `_orig_mod.`, e.g. from `module.net = torch.compile(net)`."""
     return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
@@ -74,7 +91,11 @@ class SegModule(L.LightningModule):
     article's soft IoU, mean over images) and, with `article_protocol=True`, `article_iou` (the
     article's micro IoU over non-background-target pixels; see `petseg.metrics.article_protocol`).
     At the end of validation and test the confusion matrix goes to
-    `<default_root_dir>/confusion/<stage>_epoch<NNN>.png|.csv`, and to W&B when it is a logger.
+    `<default_root_dir>/confusion/<stage>_epoch<NNN>.png|.csv`, and to W&B when it is a logger
+    (at the step of that epoch's scores). Each validation of a fit also logs `val/miou_best` and
+    `val/miou_best_epoch` (the best so far, this epoch included; kept in checkpoints, so a resumed
+    run goes on from it): every logger's last value, e.g. the W&B summary, then holds the best
+    beside the last `val/miou`.
 
     Speed switches (`model.channels_last`, `model.compile`, `perf.*` in the config), not
     hyperparameters: a checkpoint loads with or without them. `channels_last`: network weights
@@ -134,6 +155,9 @@ class SegModule(L.LightningModule):
         self._first_nonfinite: torch.Tensor | None = None
         self.check_loss_every_step: bool | None = None
         self.class_names = class_names
+        # The best val/miou of the fit so far and its epoch (None: none yet); in checkpoints.
+        self.best_val_miou: float | None = None
+        self.best_val_epoch: int | None = None
         # One dataset-level confusion matrix per stage; every score is derived from it.
         # (ModuleDict keys cannot be "train": it would shadow nn.Module.train.)
         # One extra row/column holds ignored pixels (`metric_inputs` labels them so,
@@ -188,10 +212,15 @@ class SegModule(L.LightningModule):
             self.net.compile(backend=self.compile_backend)
             self._compiled = True
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BEST_KEY] = {"value": self.best_val_miou, "epoch": self.best_val_epoch}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also load checkpoints saved from a `torch.compile`d network (`_orig_mod.` keys)."""
         if "state_dict" in checkpoint:
             checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"])
+        best = checkpoint.get(BEST_KEY) or {}  # older checkpoints have none
+        self.best_val_miou, self.best_val_epoch = best.get("value"), best.get("epoch")
 
     def _step(
         self, batch: dict[str, torch.Tensor], stage: str, metrics: bool = True, log: bool = True
@@ -253,10 +282,23 @@ class SegModule(L.LightningModule):
         miou = scores.pop("miou")
         self.log(f"{stage}/miou", miou, prog_bar=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()})
+        if stage == "val":
+            self._log_best(float(miou))  # one read of the device per validation
         if stage != "train":
             self._report_confusion(stage, cm)
         for metric in accumulated:
             metric.reset()
+
+    def _log_best(self, miou: float) -> None:
+        """val/miou_best and its epoch, in a fit (not its sanity check); a NaN mIoU is no best."""
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if not math.isnan(miou) and (self.best_val_miou is None or miou > self.best_val_miou):
+            self.best_val_miou, self.best_val_epoch = miou, self.current_epoch
+        if self.best_val_miou is not None:
+            self.log("val/miou_best", self.best_val_miou)
+            self.log("val/miou_best_epoch", float(self.best_val_epoch))
 
     def _report_confusion(self, stage: str, cm: torch.Tensor) -> None:
         """The split's confusion matrix as PNG + CSV in the run folder, and to W&B if it logs."""
@@ -275,7 +317,7 @@ class SegModule(L.LightningModule):
                     f"{stage}/confusion_table": wandb.Table(columns=columns, data=rows),
                     f"{stage}/confusion": wandb.Image(str(png), caption=name),
                 }
-                logger.log_metrics(confusion, step=self.global_step)  # type: ignore[arg-type]
+                logger.log_metrics(confusion, step=scores_step(trainer))  # type: ignore[arg-type]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         read = self._reads_loss(batch_idx)

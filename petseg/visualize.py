@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from petseg.errors import ConfigError
 from petseg.metrics import argmax_classes
+from petseg.module import scores_step
 
 # Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
 PALETTE = np.array(
@@ -164,7 +165,8 @@ class PredictionImages(L.Callback):
     """The first `num_images` validation images with true and predicted masks, per val epoch.
 
     Always writes `<default_root_dir>/predictions/epoch_NNN.png` (and `evolution.gif` at the end
-    of fit, when `gif`); with a WandbLogger also logs `val/predictions` as W&B mask overlays.
+    of fit, when `gif`); with a WandbLogger also logs `val/predictions` as W&B mask overlays, at
+    the step of that epoch's val scores.
     Costs one forward of `num_images` images per pictured epoch; skips the sanity check.
     """
 
@@ -234,7 +236,7 @@ class PredictionImages(L.Callback):
                 overlays = wandb_overlays(rgbs, masks.numpy(), preds.numpy(), class_names, epoch)
                 logger.log_metrics(
                     {"val/predictions": overlays, "epoch": epoch},  # type: ignore[dict-item]
-                    step=trainer.global_step,
+                    step=scores_step(trainer),
                 )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -11,7 +11,7 @@ import pytest
 from petseg.errors import ConfigError
 from petseg.train import train
 
-from conftest import TINY
+from conftest import CONF_DIR, TINY, compose_config, run_train
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,115 @@ def test_wandb_artifacts_only_online(cfg_factory, monkeypatch) -> None:
     cfg = cfg_factory()
     apply_wandb_env(cfg)
     assert "wandb" not in cfg.logger
+
+
+# --- config and environment mistakes: one line from validate(cfg), before any data loads -------
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.num_classes=2"],
+            r"^model\.num_classes=2 but the data has data\.num_classes=3 classes \(pet, "
+            r"background, border\): drop the model\.num_classes override",
+        ),
+        (["optimizer.lr=abc"], r"^optimizer\.lr=abc is not a number: use e\.g\. optimizer\.lr="),
+        (["optimizer.weight_decay=abc"], r"^optimizer\.weight_decay=abc is not a number"),
+        (["optimizer=sgd", "optimizer.momentum=fast"], r"^optimizer\.momentum=fast is not a num"),
+        (["optimizer=sgd", "optimizer.lr=[1,2]"], r"^optimizer\.lr=\[1, 2\] is not a number"),
+        (
+            ["optimizer=adamw", "+optimizer.betas=[0.9]"],
+            r"^optimizer\.betas=\[0\.9\] must be 2 numbers: use e\.g\. optimizer\.betas=\[0\.9,",
+        ),
+        (
+            ["trainer.max_epochs=abc"],
+            r"^trainer\.max_epochs=abc is not a whole number: use e\.g\. trainer\.max_epochs=20",
+        ),
+        (["trainer.max_epochs=2.5"], r"^trainer\.max_epochs=2\.5 is not a whole number"),
+        (
+            ["trainer.precision=bogus"],
+            r"^trainer\.precision=bogus is not a Lightning precision: use one of 32-true, "
+            r"16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, transformer-engine, "
+            r"transformer-engine-float16, 32, 16, 64, bf16$",
+        ),
+        (["trainer.precision=true"], r"^trainer\.precision=True is not a Lightning precision"),
+    ],
+)
+def test_validate_names_the_key_and_the_fix(overrides, message, cfg_factory) -> None:
+    from petseg.config import validate
+
+    with pytest.raises(ConfigError, match=message) as raised:
+        validate(cfg_factory(*overrides))
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_is_checked_against_the_data_classes(model: str) -> None:
+    from petseg.config import validate
+
+    cfg = compose_config([f"model={model}", "trainer.accelerator=cpu"])
+    assert cfg.model.num_classes == cfg.data.num_classes == 3  # every model yaml has the key
+    with pytest.raises(ConfigError, match=r"^model\.num_classes=2 but the data has"):
+        validate(compose_config([f"model={model}", "model.num_classes=2"]))
+
+
+@pytest.mark.parametrize("precision", ["32", "16-mixed", "bf16-mixed", "bf16", "64-true"])
+def test_lightning_precisions_pass(precision: str, cfg_factory) -> None:
+    from petseg.config import validate
+
+    validate(cfg_factory(f"trainer.precision={precision}"))
+    validate(cfg_factory("trainer=cpu", "trainer.precision=32"))  # an int, as conf/trainer holds
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "message"),
+    [
+        (
+            ["trainer=gpu"],
+            0,
+            r"^trainer\.accelerator=gpu but no CUDA device is visible: use trainer=cpu, or "
+            r"trainer\.accelerator=auto",
+        ),
+        (["trainer.accelerator=cuda"], 0, r"^trainer\.accelerator=cuda but no CUDA device"),
+        (
+            ["trainer=gpu", "trainer.devices=2"],
+            1,
+            r"^trainer\.devices=2 asks for 2 GPUs but only 1 visible: use trainer\.devices=1 or "
+            r"trainer\.devices=auto",
+        ),
+        (
+            ["trainer=gpu", "trainer.devices=[0,1,2]"],
+            2,
+            r"^trainer\.devices=\[0, 1, 2\] asks for 3",
+        ),
+    ],
+)
+def test_gpu_accelerator_needs_the_gpus(overrides, gpus: int, message: str, monkeypatch) -> None:
+    """The same on any machine: the CUDA device count is faked."""
+    import torch
+
+    from petseg.config import validate
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(overrides))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    validate(compose_config(["trainer=gpu", "trainer.devices=2"]))
+    validate(compose_config(["trainer=ddp"]))  # devices: auto, every visible GPU
+
+
+def test_wrong_model_classes_end_in_one_error_line(tmp_path: Path) -> None:
+    """Before: a training step ran, failed with a traceback and left a crash checkpoint."""
+    proc = run_train(*TINY, "model.num_classes=2", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: model.num_classes=2 but the data has data.num_classes=3 classes (pet, background, "
+        "border): drop the model.num_classes override (it follows data.num_classes), or change "
+        "data.num_classes and class_names together"
+    ]
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "data").exists()

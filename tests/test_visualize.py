@@ -218,6 +218,15 @@ def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> 
     )
     mious = [row["val/miou"] for row in rows if "val/miou" in row]
     assert len(mious) == 2 and all(0.0 <= m <= 1.0 for m in mious)
+    # Each epoch's pictures and confusion matrix at the step of its scores.
+    steps = [row["trainer/global_step"] for row in rows if "val/miou" in row]
+    assert [row["trainer/global_step"] for row in pictured] == steps
+    confusion = [row["trainer/global_step"] for row in rows if "val/confusion/_type" in row]
+    assert confusion == steps
+    bests = [
+        (row["val/miou_best"], row["val/miou_best_epoch"]) for row in rows if "val/miou" in row
+    ]
+    assert bests[-1] == (max(mious), mious.index(max(mious)))
     assert mious[-1] == pytest.approx(metrics["val/miou"])
 
 
@@ -261,3 +270,70 @@ def test_callback_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) 
     with Image.open(tmp_path / "predictions" / "epoch_000.png") as grid:
         tile = 16 * tile_scale(16, 16)
         assert grid.size == (3 * tile + 4 * GAP, 2 * LINE + 2 * (tile + GAP) + GAP + LINE)
+
+
+def spy_wandb(tmp_path: Path):
+    """A WandbLogger that records (keys, step) of every log_metrics call and sends nothing."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    class SpyWandb(WandbLogger):
+        def __init__(self) -> None:
+            super().__init__(save_dir=tmp_path, offline=True)
+            self.calls: list[tuple[set[str], int | None]] = []
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self.calls.append((set(metrics), step))
+
+        def log_hyperparams(self, params) -> None:
+            pass
+
+    return SpyWandb()
+
+
+def step_of(calls: list[tuple[set[str], int | None]], key: str) -> list[int | None]:
+    return [step for keys, step in calls if key in keys]
+
+
+def test_pictures_go_to_wandb_at_the_step_of_their_scores(tmp_path: Path, monkeypatch) -> None:
+    """Lightning logs epoch-end val scores one below trainer.global_step inside fit: pictures and
+    the confusion table logged at global_step would sit one row after the scores they show."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from petseg.module import SegModule
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    torch.manual_seed(0)
+    module = SegModule(
+        net={"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    )
+    items = [{"image": torch.rand(3, 8, 8), "mask": torch.randint(0, 3, (8, 8))} for _ in range(6)]
+    loader = DataLoader(items, batch_size=2)  # 3 steps per epoch
+    spy = spy_wandb(tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=spy,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[PredictionImages(num_images=2, gif=False)],
+    )
+    try:
+        trainer.fit(module, loader, loader)
+        trainer.test(module, loader, verbose=False)
+    finally:
+        import wandb
+
+        wandb.finish()
+    scores = step_of(spy.calls, "val/miou")
+    assert scores == [2, 5]  # the epochs' last batches, 0-based, as Lightning counts them
+    assert step_of(spy.calls, "val/predictions") == scores
+    assert (
+        step_of(spy.calls, "val/confusion") == step_of(spy.calls, "val/confusion_table") == scores
+    )
+    assert step_of(spy.calls, "test/confusion") == step_of(spy.calls, "test/miou") == [6]
