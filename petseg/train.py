@@ -326,13 +326,10 @@ def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
     run_lightning(
         trainer, trainer.fit, model=module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path")
     )
-    metrics = to_floats(trainer.callback_metrics)
+    metrics = to_floats(trainer.callback_metrics)  # val/miou_best: SegModule's, kept on resume
     best = trainer.checkpoint_callback
-    if best is not None and best.best_model_score is not None:
-        metrics["val/miou_best"] = float(best.best_model_score)
-        log.info(
-            "Best checkpoint: %s (val/miou %.4f)", best.best_model_path, metrics["val/miou_best"]
-        )
+    if best is not None and best.best_model_path:
+        log.info("Best checkpoint: %s (val/miou %s)", best.best_model_path, best.best_model_score)
     if cfg.get("test"):
         ckpt = best.best_model_path if best is not None and best.best_model_path else None
         run_lightning(trainer, trainer.test, model=module, datamodule=datamodule, ckpt_path=ckpt)
