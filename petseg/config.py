@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from petseg.errors import ConfigError
 
-# Keys of the model group that configure SegModule's handling of the network, not the network.
-NET_SWITCHES = ("channels_last", "compile")
 # trainer.precision values Lightning 2.6 accepts (the supported list of lightning.fabric.connector:
 # its precision strings, the ints and the legacy string aliases).
 PRECISIONS = (
@@ -25,13 +23,6 @@ PRECISIONS = (
     "transformer-engine", "transformer-engine-float16",
     32, 16, 64, "32", "16", "64", "bf16",
 )  # fmt: skip
-
-
-def net_config(cfg: DictConfig) -> dict[str, Any]:
-    """The network's `_target_` config (resolved) without the speed switches in NET_SWITCHES."""
-    net = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(net, dict)
-    return {k: v for k, v in net.items() if k not in NET_SWITCHES}
 
 
 def model_stride(cfg: DictConfig) -> int:
@@ -163,19 +154,19 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 
 def check_switches(cfg: DictConfig) -> None:
-    compile_ = cfg.model.get("compile", False)
+    compile_ = cfg.perf.get("compile", False)
     if isinstance(compile_, str):
-        from torch._dynamo import list_backends  # only here: importing dynamo takes a second
+        from torch.compiler import list_backends
 
         if compile_ not in list_backends(exclude_tags=()):
             raise ConfigError(
-                f"model.compile={compile_} is not a torch.compile backend: use true (inductor), "
+                f"perf.compile={compile_} is not a torch.compile backend: use true (inductor), "
                 f"false, or one of {', '.join(list_backends())}"
             )
     elif not isinstance(compile_, bool):
-        raise ConfigError(f"model.compile={compile_} must be true, false or a backend name")
-    if not isinstance(cfg.model.get("channels_last", False), bool):
-        raise ConfigError(f"model.channels_last={cfg.model.channels_last} must be true or false")
+        raise ConfigError(f"perf.compile={compile_} must be true, false or a backend name")
+    if not isinstance(cfg.perf.get("channels_last", False), bool):
+        raise ConfigError(f"perf.channels_last={cfg.perf.channels_last} must be true or false")
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path | None:

@@ -97,7 +97,7 @@ class SegModule(L.LightningModule):
     run goes on from it): every logger's last value, e.g. the W&B summary, then holds the best
     beside the last `val/miou`.
 
-    Speed switches (`model.channels_last`, `model.compile`, `perf.*` in the config), not
+    Speed switches (`perf.*` in the config), not
     hyperparameters: a checkpoint loads with or without them. `channels_last`: network weights
     and inputs in NHWC (faster convs under autocast on recent GPUs and CPUs). `compile`:
     `torch.compile` the network when the trainer first runs (true: inductor; a string: that

@@ -20,7 +20,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torchinfo import summary
 
-from petseg.config import net_config
 from petseg.models.blocks import ConvBNReLU, DepthwiseSeparableConv
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -117,7 +116,7 @@ def model_rows(names: list[str], overrides: list[str], runs: int) -> list[Row]:
         for name in names:
             cfg = compose(config_name="config", overrides=[f"model={name}", *overrides])
             torch.manual_seed(0)
-            net = hydra.utils.instantiate(net_config(cfg))
+            net = hydra.utils.instantiate(cfg.model)
             rows.append(model_row(name, net, cfg.data.image_size, runs))
     return rows
 

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from petseg.config import find_last_checkpoint, net_config, validate
+from petseg.config import find_last_checkpoint, validate
 from petseg.errors import ConfigError, PetsegError, one_line, print_user_error
 from petseg.launch import setup_devices
 from petseg.metrics import article_protocol
@@ -236,15 +236,15 @@ def replay_csv_history(ckpt_path: Path, loggers: list[Any]) -> None:
 def build_module(cfg: DictConfig, article_protocol: bool = False) -> SegModule:
     """SegModule from a composed config: network, loss, optimizer, schedule and perf switches."""
     return SegModule(
-        net=net_config(cfg),
+        net=OmegaConf.to_container(cfg.model, resolve=True),
         loss=cfg.loss,
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler") or None,
         class_names=cfg.class_names,
         ignore_index=cfg.loss.get("ignore_index", -100),
         article_protocol=article_protocol,
-        channels_last=cfg.model.get("channels_last", False),
-        compile=cfg.model.get("compile", False),
+        channels_last=cfg.perf.channels_last,
+        compile=cfg.perf.compile,
         train_metrics_every_n_steps=cfg.perf.train_metrics_every_n_steps,
     )
 

@@ -10,13 +10,13 @@ import math
 import warnings
 from pathlib import Path
 
+import hydra
 import lightning as L
 import pytest
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from petseg import bench
-from petseg.config import net_config
 from petseg.module import SegModule, strip_compile_prefix, use_fused
 from petseg.train import build_module
 
@@ -167,10 +167,10 @@ def test_cpu_optimizer_is_not_fused(cfg_factory) -> None:
 
 
 def test_channels_last_same_logits_and_trains(cfg_factory, one_thread) -> None:
-    cfg = cfg_factory(*TINY, "model.channels_last=true")
+    cfg = cfg_factory(*TINY, "perf.channels_last=true")
     torch.manual_seed(0)
     nhwc = build_module(cfg)
-    nchw = SegModule(net=net_config(cfg), loss=cfg.loss, optimizer=cfg.optimizer)
+    nchw = SegModule(net=cfg.model, loss=cfg.loss, optimizer=cfg.optimizer)
     nchw.load_state_dict(nhwc.state_dict())
     conv = next(m for m in nhwc.net.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -244,15 +244,16 @@ def test_orig_mod_keys_load(tmp_path: Path) -> None:
 
 
 def test_perf_switches_compose(cfg_factory) -> None:
-    cfg = cfg_factory(*TINY, "model.channels_last=true", "model.compile=eager")
+    cfg = cfg_factory(*TINY, "perf.channels_last=true", "perf.compile=eager")
     module = build_module(cfg)
     assert module.channels_last and module.compile_backend == "eager"
-    assert cfg.model.channels_last and cfg.model.compile == "eager"
+    assert cfg.perf.channels_last and cfg.perf.compile == "eager"
     # Switches, not hyperparameters: neither the checkpoint's network config nor its hparams.
     assert "channels_last" not in module.hparams.net and "compile" not in module.hparams.net
     assert "channels_last" not in module.hparams and "compile" not in module.hparams
     assert type(module.net).__name__ == "SegNet"
-    inductor = build_module(cfg_factory(*TINY, "model.compile=true"))
+    assert type(hydra.utils.instantiate(cfg.model)).__name__ == "SegNet"  # the node is the network
+    inductor = build_module(cfg_factory(*TINY, "perf.compile=true"))
     assert inductor.compile_backend == "inductor"
 
 

@@ -29,8 +29,8 @@ from conftest import CONF_DIR, TINY, compose_config, run_train
         ("ckpt_path=last", r"ckpt_path=last: no checkpoints/last\.ckpt under paths\.log_dir"),
         ("trainer.max_epochs=0", r"trainer\.max_epochs=0 must be >= 1"),
         ("data.val_fraction=1.5", r"data\.val_fraction must be in \(0, 1\)"),
-        ("model.compile=indcutor", r"model\.compile=indcutor is not a torch\.compile backend"),
-        ("model.channels_last=2", r"model\.channels_last=2 must be true or false"),
+        ("perf.compile=indcutor", r"perf\.compile=indcutor is not a torch\.compile backend"),
+        ("perf.channels_last=2", r"perf\.channels_last=2 must be true or false"),
     ],
 )
 def test_bad_value_fails_before_data_loads(override: str, message: str, cfg_factory, tmp_path):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from petseg.bench import InMemory
-from petseg.config import net_config
 from petseg.errors import ConfigError
 from petseg.export import ParityError, check_parity, export, ort_logits, ort_session
 from petseg.module import SegModule
@@ -39,7 +38,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with single_thread():
         torch.manual_seed(0)
         cfg = compose_config([*TINY])
-        module = SegModule(net=net_config(cfg), loss=cfg.loss, optimizer=cfg.optimizer)
+        module = SegModule(net=cfg.model, loss=cfg.loss, optimizer=cfg.optimizer)
         batches = [
             {"image": torch.rand(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
             for _ in range(2)

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petseg.config import net_config
 from petseg.models import SegFormer, SegNet, UNet, ViTSeg
 from petseg.models.vit import patchify, unpatchify
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, 1 
 def build(name: str, *overrides: str) -> nn.Module:
     """The network `model=<name>` builds in training, at 64 px unless overridden."""
     cfg = compose_config([f"model={name}", "data.image_size=64", *overrides])
-    return hydra.utils.instantiate(net_config(cfg))
+    return hydra.utils.instantiate(cfg.model)
 
 
 def n_params(net: nn.Module) -> int:

@@ -11,7 +11,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from petseg.config import net_config
 from petseg.data.datamodule import PetDataModule
 from petseg.module import SegModule
 from petseg.train import train
@@ -64,7 +63,7 @@ def test_segnet_overfits_one_synthetic_batch(tiny_pets: Path) -> None:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     cfg = compose_config()
-    module = SegModule(net_config(cfg), cfg.loss, cfg.optimizer, class_names=cfg.class_names)
+    module = SegModule(cfg.model, cfg.loss, cfg.optimizer, class_names=cfg.class_names)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
@@ -91,7 +90,7 @@ def test_train_end_to_end_writes_run_and_reloads(cfg_factory, tmp_path: Path) ->
     ):
         assert key in metrics, key
     assert 0.0 <= metrics["test/pixel_acc"] <= 1.0
-    net = instantiate(net_config(cfg))
+    net = instantiate(cfg.model)
     assert metrics["model/params"] == sum(p.numel() for p in net.parameters())
 
     run = Path(cfg.paths.output_dir)
@@ -105,7 +104,7 @@ def test_train_end_to_end_writes_run_and_reloads(cfg_factory, tmp_path: Path) ->
     # Self-describing checkpoint: rebuilt with no Hydra config, same outputs.
     reloaded = SegModule.load_from_checkpoint(last, map_location="cpu").eval()
     assert reloaded.hparams.net["_target_"] == "petseg.models.segnet.SegNet"
-    fresh = SegModule(net_config(cfg), cfg.loss, cfg.optimizer).eval()
+    fresh = SegModule(cfg.model, cfg.loss, cfg.optimizer).eval()
     x = torch.rand(1, 3, 32, 32)
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     fresh.load_state_dict(state)

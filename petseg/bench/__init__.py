@@ -21,7 +21,7 @@
 4. onnx: batch-1 latency, eager PyTorch vs ONNX Runtime, per model that exports (petseg.export).
 
 Hydra overrides compose as for `python -m petseg.train` (e.g. `data.image_size=64`,
-`optimizer=adamw`, `trainer.precision=bf16-mixed`, `model.channels_last=true`). Prints Markdown
+`optimizer=adamw`, `trainer.precision=bf16-mixed`, `perf.channels_last=true`). Prints Markdown
 tables and writes `<out>/latest.json` and `<out>/latest.md`.
 """
 

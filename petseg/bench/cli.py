@@ -88,7 +88,7 @@ def run(
                 ratio = pipe["cache_samples_per_s"] / pipe["decode_samples_per_s"]
                 result["pipeline_cache_vs_decode"] = ratio
         batches = collate(pool, batch, warmup + steps, dev)
-        if base_cfg.model.get("channels_last"):
+        if base_cfg.perf.channels_last:
             batches = [
                 {**b, "image": b["image"].contiguous(memory_format=torch.channels_last)}
                 for b in batches

@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from petseg.bench.common import Batch, precision_name
 from petseg.bench.step import PlainLoop
-from petseg.config import net_config
 from petseg.errors import PetsegError
 from petseg.summary import mult_adds
 from petseg.train import build_module
@@ -35,7 +34,7 @@ def bench_model(
     module = build_module(cfg).to(device)
     size = int(batches[0]["image"].shape[-1])
     macs = mult_adds(module.net, torch.rand(1, 3, size, size, device=device))  # batch 1, eval
-    module.configure_model()  # compiles the network when model.compile is set
+    module.configure_model()  # compiles the network when perf.compile is set
     batch = int(batches[0]["image"].shape[0])
     rows = []
     for precision in precisions:
@@ -66,7 +65,7 @@ def bench_onnx(cfg: DictConfig, name: str, work: Path, runs: int) -> dict[str, A
 
     size = int(cfg.data.image_size)
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(net_config(cfg)).eval()  # plain CPU network, as exported
+    net = hydra.utils.instantiate(cfg.model).eval()  # plain CPU network, as exported
     row: dict[str, Any] = {"model": name, "image_size": size}
     try:
         path = export_onnx(net, size, work / f"{name}.onnx")

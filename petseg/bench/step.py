@@ -57,7 +57,7 @@ class PlainLoop:
     def of(cls, module: SegModule, precision: str, device: torch.device) -> PlainLoop:
         """The loop over a SegModule's own network, loss and optimizer, as fit would set them up."""
         module.to(device)
-        module.configure_model()  # compiles the network when model.compile is set
+        module.configure_model()  # compiles the network when perf.compile is set
         configured = module.configure_optimizers()
         optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
         return cls(module.net, module.criterion, precision, device, optimizer)
