@@ -86,7 +86,8 @@ class PetDataModule(L.LightningDataModule):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(
-                f"data.val_fraction must be in [0, 1) (0: val = the test split), got {val_fraction}"
+                f"data.val_fraction must be in (0, 1), got {val_fraction}; or 0 for no "
+                "validation split (val is then the test split, the article's protocol)"
             )
         if image_interpolation not in IMAGE_INTERPOLATIONS:
             raise ConfigError(
