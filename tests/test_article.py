@@ -159,7 +159,9 @@ def test_no_validation_split_trains_on_all_of_trainval(tiny_pets: Path) -> None:
     assert [len(b["mask"]) for b in loader] == [3, 1]
     order = [i for i, _ in loader.sampler]
     assert sorted(order) == list(range(4))
-    assert dm.train_dataloader().batch_size == 4
+    assert dm.train_dataloader().batch_size == 4 and dm.train_dataloader().drop_last
+    dm.drop_last = False  # data.drop_last=false: the last, partial batch trains too
+    assert [len(b["mask"]) for b in dm.train_dataloader()] == [4, 4, 2]
     assert dm.train_set[0]["image"].shape == (3, 32, 32)
     assert dm.train_set.size is None  # full-size read; the pipeline's nearest resize does it
 

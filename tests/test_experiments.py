@@ -62,6 +62,7 @@ def test_article_preset_is_the_notebooks_recipe(name: str) -> None:
     data = cfg.data
     assert data.image_size == 128 and data.image_interpolation == "nearest" and not data.cache
     assert data.batch_size == 64 and data.eval_batch_size == 21 and data.eval_shuffle
+    assert not data.drop_last  # the notebooks' DataLoader(shuffle=True) keeps the last batch
     assert data.val_fraction == 0  # no validation split: val is the test split
     assert cfg.metrics.article_protocol  # test images through the training transforms
     assert cfg.callbacks.model_checkpoint.monitor is None  # the last epoch's model is tested

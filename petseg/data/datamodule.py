@@ -82,6 +82,7 @@ class PetDataModule(L.LightningDataModule):
         image_interpolation: str = "area",
         eval_batch_size: int | None = None,
         eval_shuffle: bool = False,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -137,6 +138,8 @@ class PetDataModule(L.LightningDataModule):
         # val/test loaders: batch size (null: batch_size) and order (the article: 21, shuffled).
         self.eval_batch_size = eval_batch_size or batch_size
         self.eval_shuffle = eval_shuffle
+        # Drop the last, partial training batch (the article's DataLoader kept it).
+        self.drop_last = drop_last
         # HorizontalFlip and ColorJitter move from the workers to the batch on the device.
         self.device_augment: FlipJitter | None = None
         if gpu_augment:
@@ -257,7 +260,7 @@ class PetDataModule(L.LightningDataModule):
             SubstituteBad(dataset),  # a file gone bad after setup's check costs a warning
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
-            drop_last=train and shuffle and len(dataset) > self.batch_size,
+            drop_last=self.drop_last and train and shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
