@@ -27,7 +27,7 @@ from petseg.data.oxford import (
 )
 from petseg.data.sampler import EpochSampler, sample_seed
 from petseg.data.synthetic import ensure_synthetic
-from petseg.data.transforms import eval_pipeline, train_pipeline
+from petseg.data.transforms import IMAGE_INTERPOLATIONS, eval_pipeline, train_pipeline
 from petseg.errors import ConfigError, DataError
 
 MAX_AUTO_WORKERS = 8
@@ -55,7 +55,11 @@ def auto_workers() -> int:
 
 
 class PetDataModule(L.LightningDataModule):
-    """Train/val from a seeded split of `trainval`, test from the official `test` list."""
+    """Train/val from a seeded split of `trainval`, test from the official `test` list.
+
+    val_fraction=0: no split, as in the article: train on all of trainval, and val is the test
+    list (through eval_augment's pipeline when set), so val scores are test scores.
+    """
 
     def __init__(
         self,
@@ -75,10 +79,29 @@ class PetDataModule(L.LightningDataModule):
         cache: bool = False,
         cache_size: int | None = None,
         gpu_augment: bool = False,
+        image_interpolation: str = "area",
+        eval_batch_size: int | None = None,
+        eval_shuffle: bool = False,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction must be in (0, 1), got {val_fraction}; or 0 for no "
+                "validation split (val is then the test split, the article's protocol)"
+            )
+        if image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ConfigError(
+                f"data.image_interpolation must be one of {IMAGE_INTERPOLATIONS}, "
+                f"got {image_interpolation!r}"
+            )
+        if image_interpolation == "nearest" and cache:
+            raise ConfigError(
+                "data.image_interpolation=nearest resizes each full-size image in the pipeline, "
+                "which the decoded cache (area-resized) cannot hold; set data.cache=false"
+            )
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size must be >= 1 or null, got {eval_batch_size}")
         if image_size < 8:
             raise ConfigError(f"data.image_size must be >= 8, got {image_size}")
         if batch_size < 1:
@@ -110,6 +133,13 @@ class PetDataModule(L.LightningDataModule):
         # Decode and resize once into memory-mapped arrays (petseg.data.cache), read every epoch.
         self.cache = cache
         self.cache_size = cache_size or image_size  # = image_size: items equal the JPEG path's
+        # "nearest": files read at full size, the pipeline resizes (the article's Resize NEAREST).
+        self.image_interpolation = image_interpolation
+        # val/test loaders: batch size (null: batch_size) and order (the article: 21, shuffled).
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_shuffle = eval_shuffle
+        # Drop the last, partial training batch (the article's DataLoader kept it).
+        self.drop_last = drop_last
         # HorizontalFlip and ColorJitter move from the workers to the batch on the device.
         self.device_augment: FlipJitter | None = None
         if gpu_augment:
@@ -161,6 +191,8 @@ class PetDataModule(L.LightningDataModule):
     def split_names(self) -> tuple[list[str], list[str]]:
         """Seeded train/val split of trainval; the same seed gives the same split on any machine."""
         names = sorted(set(read_split(self.base(), "trainval")))
+        if self.val_fraction == 0:
+            return names, []
         order = np.random.default_rng(self.split_seed).permutation(len(names))
         num_val = max(1, round(len(names) * self.val_fraction))
         if num_val >= len(names):
@@ -196,9 +228,15 @@ class PetDataModule(L.LightningDataModule):
         base = self.base()
         check_split_overlap(base, self.root)
         # Files are read at the model's input size (JPEGs draft-decoded, labels resized once).
-        size = self.image_size
-        augment = train_pipeline(self.image_size, self.train_transforms)
-        evaluate = augment if self.eval_augment else eval_pipeline(self.image_size)
+        interpolation = self.image_interpolation
+        size = None if interpolation == "nearest" else self.image_size
+        augment = train_pipeline(self.image_size, self.train_transforms, interpolation)
+        evaluate = augment if self.eval_augment else eval_pipeline(self.image_size, interpolation)
+        if stage in (None, "fit", "validate") and self.train_set is None and not self.val_fraction:
+            train = self.usable({"train": self.split_names()[0]})["train"]
+            self.train_set = PetTrimaps(base, train, augment, size, self.decoded(train, "trainval"))
+            test = self.usable({"test": read_split(base, "test")})["test"]
+            self.val_set = PetTrimaps(base, test, evaluate, size, self.decoded(test, "test"))
         if stage in (None, "fit", "validate") and self.train_set is None:
             train, val = self.split_names()
             usable = self.usable({"train": train, "val": val})
@@ -212,7 +250,7 @@ class PetDataModule(L.LightningDataModule):
             test = self.usable({"test": read_split(base, "test")})["test"]
             self.test_set = PetTrimaps(base, test, evaluate, size, self.decoded(test, "test"))
 
-    def _loader(self, dataset: PetTrimaps | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: PetTrimaps | None, shuffle: bool, train: bool = True) -> DataLoader:
         assert dataset is not None, "call setup() first"
         # torch.initial_seed() is `seed=` (seed_everything ran before the loaders are made).
         seed = torch.initial_seed() % 2**32
@@ -220,9 +258,9 @@ class PetDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)
         return DataLoader(
             SubstituteBad(dataset),  # a file gone bad after setup's check costs a warning
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=self.drop_last and train and shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -249,7 +287,7 @@ class PetDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=self.eval_shuffle, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, shuffle=self.eval_shuffle, train=False)

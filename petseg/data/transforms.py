@@ -8,15 +8,20 @@ import albumentations as A
 import cv2
 import numpy as np
 
+# data.image_interpolation: "area" = area down / linear up (petseg's default); "nearest" = the
+# article's T.Resize(..., NEAREST) on image tensors (F.interpolate "nearest": cv2.INTER_NEAREST).
+IMAGE_INTERPOLATIONS = ("area", "nearest")
 
-def resize(image_size: int) -> A.Resize:
-    """Images: area (down) or linear interpolation; masks: always nearest, so labels stay labels."""
+
+def resize(image_size: int, interpolation: str = "area") -> A.Resize:
+    """Images: area (down) or linear, or nearest; masks: always nearest, so labels stay labels."""
+    nearest = interpolation == "nearest"
     return A.Resize(
         image_size,
         image_size,
-        interpolation=cv2.INTER_LINEAR,
+        interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
         mask_interpolation=cv2.INTER_NEAREST,
-        area_for_downscale="image",
+        area_for_downscale=None if nearest else "image",
     )
 
 
@@ -30,10 +35,12 @@ def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def train_pipeline(image_size: int, augment: Sequence[A.BasicTransform] = ()) -> A.Compose:
+def train_pipeline(
+    image_size: int, augment: Sequence[A.BasicTransform] = (), interpolation: str = "area"
+) -> A.Compose:
     """Resize first so every augmentation runs on the small image (cheaper)."""
-    return A.Compose([resize(image_size), *augment])
+    return A.Compose([resize(image_size, interpolation), *augment])
 
 
-def eval_pipeline(image_size: int) -> A.Compose:
-    return A.Compose([resize(image_size)])
+def eval_pipeline(image_size: int, interpolation: str = "area") -> A.Compose:
+    return A.Compose([resize(image_size, interpolation)])

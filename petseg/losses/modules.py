@@ -135,7 +135,13 @@ class DiceLoss(nn.Module):
 
 
 class SoftIoULoss(nn.Module):
-    """Soft IoU (Jaccard) loss, 1 - M or -log M: trains on the quantity mIoU reports."""
+    """Soft IoU (Jaccard) loss, 1 - M or -log M: trains on the quantity mIoU reports.
+
+    By default M is petseg's soft IoU: per class over the batch, smooth 1, mean over classes
+    (`soft_iou(average="class")`). The article's IoU loss is `form="neg_log", average="image",
+    smooth=0.001` (`loss=iou_article`): -log of its soft IoU, per image pooled over classes and
+    pixels, mean over images. `loss=iou_neglog` is -log of petseg's M, not the article's.
+    """
 
     def __init__(
         self,
