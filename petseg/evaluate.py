@@ -69,17 +69,23 @@ def write_json(metrics: dict[str, float], path: str | Path, protocol: str | None
 
 
 def resolution_option(cfg: DictConfig) -> str:
-    """`resolution`, checked: `original` or `train`; `original` refuses the article protocol."""
+    """`resolution`, checked: `original` or `train`; `original` refuses augmented test images."""
     resolution = cfg.get("resolution", "original")
     if resolution not in RESOLUTIONS:
         raise ConfigError(
             f"resolution={resolution}: use original (score each image at its own size against its "
             "full-size trimap; the default) or train (at data.image_size, as training's test/*)"
         )
-    if resolution == "original" and (cfg.get("metrics") or {}).get("article_protocol"):
+    if resolution == "original":
+        if (cfg.get("metrics") or {}).get("article_protocol"):
+            option = "metrics.article_protocol=true"
+        elif (cfg.get("data") or {}).get("eval_augment"):
+            option = "data.eval_augment=true"
+        else:
+            return resolution
         raise ConfigError(
-            "metrics.article_protocol=true augments the test images (flips), which the untouched "
-            "full-size trimaps of resolution=original do not follow; add resolution=train"
+            f"{option} augments the test images (flips), which the untouched full-size trimaps "
+            "of resolution=original do not follow; add resolution=train"
         )
     return resolution
 

@@ -171,11 +171,13 @@ def test_original_resolution_scores_untouched_full_size_trimaps(
     assert sorted(original) == sorted(train)  # the same metrics, measured two ways
 
 
-def test_bad_resolution_and_article_with_original_are_one_line(tmp_path: Path) -> None:
+def test_bad_resolution_and_augmented_tests_with_original_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^resolution=full: use original .* or train"):
         evaluate(evaluate_config(tmp_path, *DATA, "resolution=full"))
     with pytest.raises(ConfigError, match=r"^metrics.article_protocol=true .* resolution=train$"):
         evaluate(evaluate_config(tmp_path, *DATA, "metrics.article_protocol=true"))
+    with pytest.raises(ConfigError, match=r"^data.eval_augment=true augments .* resolution=train$"):
+        evaluate(evaluate_config(tmp_path, *DATA, "data.eval_augment=true"))
 
 
 def test_cli_prints_the_protocol(tmp_path: Path, two_photos: Path) -> None:
