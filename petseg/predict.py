@@ -2,8 +2,10 @@
 
 For each image writes `<name>_mask.png` (mode L, trimap values 1 pet / 2 background / 3 border, at
 the image's own size), `<name>_overlay.png` (pet tinted green, border yellow) and, with
-`cutout=true`, `<name>_cutout.png` (RGBA, background transparent). A file that cannot be read is
-reported on one line and skipped; the run fails (exit 1) only when no image was written.
+`cutout=true`, `<name>_cutout.png` (RGBA, background transparent). Images are read upright as
+viewers show them (EXIF orientation applied first) and converted to RGB by `petseg.photo` (16-bit
+scaled, alpha composited over white). A file that cannot be read is reported on one line naming it
+and skipped; the run fails (exit 1) only when no image was written.
 
 The network sees what it saw in training: the eval pipeline's resize to `image_size` (square, as
 `data.image_size`), floats in [0, 1]. Its logits are resized bilinearly to the image's size and
@@ -27,12 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from petseg.config import model_stride
-from petseg.data.oxford import load_image
 from petseg.data.transforms import eval_pipeline
 from petseg.errors import ConfigError, DataError, PetsegError, print_user_error
 from petseg.evaluate import load_module
 from petseg.metrics import argmax_classes
 from petseg.module import SegModule
+from petseg.photo import read_photo
 
 log = logging.getLogger("petseg.predict")
 
@@ -53,7 +55,12 @@ def list_inputs(source: str | Path | None) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ConfigError(f"input={source}: no such file or folder; pass an image or a folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    # A broken link is kept: it is then skipped with one line naming it, not silently.
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if (p.is_file() or (p.is_symlink() and not p.exists())) and not p.name.startswith(".")
+    )
     if not files:
         raise ConfigError(
             f"input={source}: the folder has no files to predict on (subfolders and hidden files "
@@ -240,11 +247,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
     for path in paths:
         try:
-            image, _ = load_image(path)
-        except (DataError, Image.DecompressionBombError) as e:
-            reason = str(e) if isinstance(e, DataError) else f"{path}: {e}"
-            log.warning("skipped %s", reason)
-            skipped[str(path)] = reason
+            image = read_photo(path)  # upright (EXIF), any mode to RGB uint8, or one line
+        except DataError as e:
+            log.warning("skipped %s", e)
+            skipped[str(path)] = str(e)
             continue
         batch.append((path, image))
         if len(batch) == cfg.batch_size:

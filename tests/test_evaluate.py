@@ -1,5 +1,6 @@
-"""petseg.evaluate: a trained checkpoint re-tested gives the run's own test metrics; errors are
-one line."""
+"""petseg.evaluate: at the training resolution a trained checkpoint re-tested gives the run's own
+test metrics; at the original resolution (the default) scores use the untouched full-size trimaps;
+errors are one line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from stub_nets import stub_checkpoint
 
 from petseg.errors import ConfigError
 from petseg.evaluate import evaluate
@@ -48,7 +52,9 @@ def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path, 
         logged = next(r for r in csv.DictReader(f) if r["test/miou"])
 
     out = tmp_path / "report" / "eval.json"
-    ecfg = evaluate_config(tmp_path, *DATA, f"ckpt_path={best}", f"output={out}")
+    ecfg = evaluate_config(
+        tmp_path, *DATA, f"ckpt_path={best}", f"output={out}", "resolution=train"
+    )
     metrics = evaluate(ecfg)
     assert sorted(metrics) == test_keys
     for key in test_keys:
@@ -57,6 +63,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path, 
 
     for path in (tmp_path / "evaluate" / "metrics.json", out):
         saved = json.loads(path.read_text())
+        assert saved.pop("protocol").startswith("resolution=train: at data.image_size")
         assert sorted(saved) == test_keys
         assert all(
             (saved[k] is None and math.isnan(metrics[k])) or saved[k] == pytest.approx(metrics[k])
@@ -65,9 +72,8 @@ def test_evaluate_reproduces_the_runs_test_metrics(cfg_factory, tmp_path: Path, 
     assert (tmp_path / "evaluate" / "confusion" / "test_epoch000.csv").is_file()
 
     # The article's protocol on the same checkpoint adds article_iou (on augmented images).
-    article = evaluate(
-        evaluate_config(tmp_path, *DATA, f"ckpt_path={best}", "metrics.article_protocol=true")
-    )
+    article_options = ["metrics.article_protocol=true", "resolution=train"]
+    article = evaluate(evaluate_config(tmp_path, *DATA, f"ckpt_path={best}", *article_options))
     assert 0.0 <= article["test/article_iou"] <= 1.0
 
 
@@ -92,3 +98,102 @@ def test_cli_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ckpt_path=" in errors[0] and "nope.ckpt" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+# Two test photos of different sizes, bright on the left, and trimaps whose pet ends a little
+# before the bright part does: (name, width, height, bright columns, pet columns).
+PHOTOS = [("wide", 12, 6, 6, 5), ("wider", 24, 6, 12, 10)]
+
+
+@pytest.fixture
+def two_photos(tmp_path: Path) -> Path:
+    """data.root of an official layout holding PHOTOS as its test split."""
+    base = tmp_path / "pets" / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True)
+    (base / "annotations" / "trimaps").mkdir(parents=True)
+    for name, width, height, bright, pet in PHOTOS:
+        image = np.zeros((height, width, 3), np.uint8)
+        image[:, :bright] = 255
+        Image.fromarray(image).save(base / "images" / f"{name}.jpg", quality=95)
+        trimap = np.full((height, width), 2, np.uint8)  # 2: background
+        trimap[:, :pet] = 1  # 1: pet
+        Image.fromarray(trimap).save(base / "annotations" / "trimaps" / f"{name}.png")
+    names = "".join(f"{name} 1 1 1\n" for name, *_ in PHOTOS)
+    (base / "annotations" / "test.txt").write_text(names)
+    (base / "annotations" / "trainval.txt").write_text(names)
+    return tmp_path / "pets"
+
+
+def stub_evaluate(tmp_path: Path, root: Path, *overrides: str) -> dict[str, float]:
+    """evaluate() of the BrightIsPet stub (pet where bright) on `root` at 8 px, batch 2."""
+    data = [
+        f"data.root={root}", "data.download=false", "data.image_size=8", "data.batch_size=2",
+        "data.num_workers=0", "data.pin_memory=false", "data.cache=false",
+    ]  # fmt: skip
+    ckpt = stub_checkpoint(tmp_path / "stub.ckpt")
+    return evaluate(evaluate_config(tmp_path, *data, f"ckpt_path={ckpt}", *overrides))
+
+
+def confusion_counts(path: Path) -> list[list[int]]:
+    with open(path, newline="") as f:
+        return [[int(v) for v in row[1:-1]] for row in list(csv.reader(f))[1:]]
+
+
+def test_original_resolution_scores_untouched_full_size_trimaps(
+    tmp_path: Path, two_photos: Path, one_thread, capsys
+) -> None:
+    """Hand-computed. At 8 px the stub's logits are +4 on columns 0-3 and -4 on 4-7 for both
+    photos, and nearest-shrunk trimaps (cv2: source column floor(j * W / 8)) are pet on 0-3 too:
+    resolution=train scores a perfect 1. Resized bilinearly to 12 and 24 columns the logits
+    change sign between columns 5|6 and 11|12 (the bright edge), but the trimaps' pet ends at 5
+    and 10: 1 and 2 columns of 6 rows are background predicted pet. Over 12x6 + 24x6 = 216
+    pixels: pet 90 right; background 108 right, 18 predicted pet."""
+    original = stub_evaluate(tmp_path, two_photos)  # the default
+    assert original["test/pixel_acc"] == pytest.approx(198 / 216)
+    assert original["test/iou_pet"] == pytest.approx(90 / 108)  # 5/6
+    assert original["test/iou_background"] == pytest.approx(108 / 126)  # 6/7
+    assert math.isnan(original["test/iou_border"])  # never a target nor predicted: left out
+    assert original["test/miou"] == pytest.approx((5 / 6 + 6 / 7) / 2)
+    assert original["test/dice_pet"] == pytest.approx(2 * 90 / (90 + 108))
+    assert original["test/mdice"] == pytest.approx((180 / 198 + 216 / 234) / 2)
+    assert 0 < original["test/soft_iou"] < 1 and original["test/loss"] > 0
+    # The labels are the full-size trimaps as they are: every pixel once, per its raw class.
+    confusion = tmp_path / "evaluate" / "confusion"
+    counts = confusion_counts(confusion / "test_original.csv")  # rows target, columns pred
+    assert counts == [[90, 0, 0], [18, 108, 0], [0, 0, 0]]
+    saved = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert saved["protocol"].startswith("resolution=original: each image at its own size")
+    assert saved["test/pixel_acc"] == pytest.approx(198 / 216)
+
+    train = stub_evaluate(tmp_path, two_photos, "resolution=train")
+    assert train["test/pixel_acc"] == 1.0 and train["test/miou"] == 1.0
+    assert confusion_counts(confusion / "test_epoch000.csv") == [[64, 0, 0], [0, 64, 0], [0, 0, 0]]
+    assert sorted(original) == sorted(train)  # the same metrics, measured two ways
+
+
+def test_bad_resolution_and_augmented_tests_with_original_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^resolution=full: use original .* or train"):
+        evaluate(evaluate_config(tmp_path, *DATA, "resolution=full"))
+    with pytest.raises(ConfigError, match=r"^metrics.article_protocol=true .* resolution=train$"):
+        evaluate(evaluate_config(tmp_path, *DATA, "metrics.article_protocol=true"))
+    with pytest.raises(ConfigError, match=r"^data.eval_augment=true augments .* resolution=train$"):
+        evaluate(evaluate_config(tmp_path, *DATA, "data.eval_augment=true"))
+
+
+def test_cli_prints_the_protocol(tmp_path: Path, two_photos: Path) -> None:
+    ckpt = stub_checkpoint(tmp_path / "stub.ckpt")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    args = [
+        f"ckpt_path={ckpt}", f"data.root={two_photos}", "data.download=false",
+        "data.image_size=8", "data.num_workers=0", "data.cache=false",
+        "trainer.accelerator=cpu", "trainer.devices=1",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "petseg.evaluate", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    protocol = next(i for i, line in enumerate(lines) if line.startswith("protocol: "))
+    assert lines[protocol].startswith("protocol: resolution=original: each image at its own size")
+    assert f"{198 / 216:.6f}" in next(line for line in lines if line.startswith("test/pixel_acc"))

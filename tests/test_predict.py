@@ -15,6 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
+from stub_nets import stub_checkpoint
 
 from petseg.errors import ConfigError
 from petseg.predict import output_names, predict, run
@@ -78,6 +79,26 @@ def mixed(tmp_path: Path) -> Path:
 
 def predict_config(tmp_path: Path, *overrides: str):
     return cli_config("predict", tmp_path, *overrides)
+
+
+@pytest.fixture(scope="module")
+def stub_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BrightIsPet (tests/stub_nets.py): pet where the photo is bright, background where dark."""
+    return stub_checkpoint(tmp_path_factory.mktemp("stub") / "stub.ckpt")
+
+
+def predict_stub(stub_ckpt: Path, folder: Path, out: Path) -> dict:
+    """predict() with the stub at 16 px, CPU, one thread."""
+    cfg = predict_config(
+        out.parent, f"ckpt_path={stub_ckpt}", f"input={folder}", f"output={out}",
+        "image_size=16", "device=cpu",
+    )  # fmt: skip
+    with single_thread():
+        return predict(cfg)
+
+
+def mask_of(out: Path, stem: str) -> np.ndarray:
+    return np.asarray(Image.open(out / f"{stem}_mask.png"))
 
 
 def test_predict_mixed_folder(ckpt: Path, mixed: Path, tmp_path: Path, capsys) -> None:
@@ -171,3 +192,85 @@ def test_cli_empty_folder_is_one_error_line(ckpt: Path, tmp_path: Path) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"input={empty}" in errors[0] and "no files" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_exif_orientation_mask_lines_up_with_the_photo_as_shown(
+    stub_ckpt: Path, tmp_path: Path
+) -> None:
+    """A phone JPEG (pixels stored sideways + an Orientation tag) gives the mask of the photo as a
+    viewer shows it: the shown size, and the same mask as the photo physically rotated."""
+    stored = np.zeros((24, 40, 3), np.uint8)  # (H, W, 3) as stored: dark ...
+    stored[:12, :20] = 255  # ... with a bright top-left quarter
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # Orientation 6: shown turned 90 degrees clockwise; 8: anticlockwise (np.rot90's k).
+    turns = {6: -1, 8: 1}
+    for tag, k in turns.items():
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        Image.fromarray(stored).save(folder / f"tagged{tag}.jpg", quality=95, exif=exif)
+        with Image.open(folder / f"tagged{tag}.jpg") as img:  # its pixels, no transpose
+            decoded = np.asarray(img.convert("RGB"))
+        Image.fromarray(np.rot90(decoded, k)).save(folder / f"turned{tag}.png")
+    out = tmp_path / "out"
+    result = predict_stub(stub_ckpt, folder, out)
+    assert not result["skipped"]
+    for tag in turns:
+        mask = mask_of(out, f"tagged{tag}")
+        assert mask.shape == (40, 24)  # (H, W) as shown: the stored 40x24 turned upright
+        np.testing.assert_array_equal(mask, mask_of(out, f"turned{tag}"))
+        overlay = np.asarray(Image.open(out / f"tagged{tag}_overlay.png"))
+        np.testing.assert_array_equal(
+            overlay, np.asarray(Image.open(out / f"turned{tag}_overlay.png"))
+        )
+    # The bright quarter, shown top-right (6) or bottom-left (8), is the pet there.
+    assert mask_of(out, "tagged6")[5, 20] == 1 and mask_of(out, "tagged6")[35, 3] == 2
+    assert mask_of(out, "tagged8")[35, 3] == 1 and mask_of(out, "tagged8")[5, 20] == 2
+
+
+def test_16_bit_alpha_and_float_photos_read_as_shown(stub_ckpt: Path, tmp_path: Path) -> None:
+    """16-bit grey is scaled (not clipped to white), alpha is composited over white (not dropped,
+    exposing the black stored under it), a float image with no known scale is skipped in a line."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    grey16 = np.full((20, 32), 10000, np.uint16)  # dark (39 of 255) ...
+    grey16[:, 16:] = 60000  # ... and bright (234) halves
+    Image.fromarray(grey16).save(folder / "scan16.png")
+    rgba = np.zeros((20, 32, 4), np.uint8)  # black everywhere ...
+    rgba[:, :16, 3] = 255  # ... opaque on the left, transparent on the right
+    Image.fromarray(rgba).save(folder / "cutout.png")
+    Image.fromarray(np.full((20, 32), 7.5, np.float32)).save(folder / "depth.tif")
+    out = tmp_path / "out"
+    result = predict_stub(stub_ckpt, folder, out)
+    for stem in ("scan16", "cutout"):  # left half background (2), right half pet (1)
+        mask = mask_of(out, stem)
+        assert (mask[:, :14] == 2).all() and (mask[:, 18:] == 1).all(), stem
+    overlay = np.asarray(Image.open(out / "cutout_overlay.png"))
+    assert (overlay[:, :14] == 0).all()  # background pixels keep the photo: opaque black
+    assert list(result["skipped"]) == [str(folder / "depth.tif")]
+    reason = result["skipped"][str(folder / "depth.tif")]
+    assert reason.startswith(f"{folder / 'depth.tif'}: 32-bit float image (mode F)")
+    assert "\n" not in reason
+
+
+def test_missing_and_unreadable_files_are_one_line_each(
+    stub_ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    """A broken link (a file gone) and a file that is no image: skipped, one line naming each."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "good.png")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "notes.jpg").write_text("not an image\n")
+    cfg = predict_config(
+        tmp_path, f"ckpt_path={stub_ckpt}", f"input={folder}", f"output={tmp_path}/out",
+        "image_size=16", "device=cpu",
+    )  # fmt: skip
+    assert run(cfg) == 0
+    assert "1 written, 2 skipped" in capsys.readouterr().out
+    skipped = predict(cfg)["skipped"]
+    assert sorted(skipped) == [str(folder / "gone.jpg"), str(folder / "notes.jpg")]
+    assert skipped[str(folder / "gone.jpg")].startswith(f"{folder / 'gone.jpg'}: no such file")
+    notes = skipped[str(folder / "notes.jpg")]
+    assert notes.startswith(f"{folder / 'notes.jpg'}: cannot read it as an image")
+    assert all("\n" not in reason for reason in skipped.values())

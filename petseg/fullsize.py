@@ -1,0 +1,112 @@
+"""Test metrics at each image's original resolution, the standard protocol of segmentation
+toolkits: the network sees the image as in training (resized to `data.image_size`), its logits
+are resized bilinearly to the full-size trimap, and the trimap's labels are used untouched.
+
+Scoring at the training resolution instead compares against trimaps shrunk with nearest
+interpolation, which drops thin structures (the border class most) and weighs every image the
+same number of pixels whatever its size. Images differ in size, so each sample's logits are
+resized on their own, one image at a time (memory stays one full-size image's logits).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from petseg.data.oxford import PetTrimaps, load_trimap
+from petseg.metrics import metric_inputs, save_confusion, scores_from_confmat
+from petseg.module import SegModule
+
+CONFUSION_NAME = "test_original"  # <run dir>/confusion/test_original.png|.csv
+
+
+class FullSizeLabels(Dataset):
+    """A split's samples as the network saw them in training, each with its full-size labels."""
+
+    def __init__(self, dataset: PetTrimaps) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        _, trimap = self.dataset.paths(index)
+        return {
+            "image": self.dataset[index]["image"],  # (3, S, S), the eval pipeline's input
+            "labels": torch.from_numpy(load_trimap(trimap)).long(),  # (H, W), untouched
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Images stacked (one size); labels a list (each image's own size)."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "labels": [s["labels"] for s in samples],
+    }
+
+
+def full_size_loader(
+    dataset: PetTrimaps, batch_size: int, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """Batches of FullSizeLabels in order (a bad file stops the run: scores need every sample)."""
+    return DataLoader(
+        FullSizeLabels(dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        collate_fn=collate,
+    )
+
+
+class FullSizeScorer(L.LightningModule):
+    """`trainer.test` on a full_size_loader: the `test/*` scores of SegModule, at full size.
+
+    Same names and definitions as the training-resolution scores (dataset-level confusion
+    matrix; soft_iou a mean over images), except `test/loss`: the mean over images of each
+    image's loss at its own size. The confusion matrix goes to `<root>/confusion/test_original.*`.
+    """
+
+    def __init__(self, module: SegModule) -> None:
+        super().__init__()
+        self.module = module
+        self.class_names = list(module.class_names)
+        # One extra class for ignored pixels, as in SegModule (metric_inputs labels them so).
+        self.confmat = MulticlassConfusionMatrix(
+            len(self.class_names) + 1, ignore_index=None, validate_args=False
+        )
+        self.soft_iou = MeanMetric(nan_strategy="disable")
+        self.loss = MeanMetric(nan_strategy="disable")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.module(batch["image"])  # (B, C, S, S)
+        ignore_index = self.module.hparams.ignore_index
+        with torch.autocast(logits.device.type, enabled=False):  # resize and score in fp32
+            for i, labels in enumerate(batch["labels"]):
+                full = F.interpolate(
+                    logits[i : i + 1].float(), labels.shape, mode="bilinear", align_corners=False
+                )  # (1, C, H, W)
+                target = labels.unsqueeze(0)  # (1, H, W)
+                preds, cm_labels, soft = metric_inputs(full, target, ignore_index)
+                self.confmat.update(preds, cm_labels)
+                self.soft_iou.update(soft)
+                self.loss.update(self.module.criterion(full, target).detach().float().reshape(1))
+
+    def on_test_epoch_end(self) -> None:
+        n = len(self.class_names)
+        cm = self.confmat.compute()[:n, :n]  # without the ignored pixels' class
+        scores = scores_from_confmat(cm, self.class_names)
+        scores["soft_iou"] = self.soft_iou.compute()
+        scores["loss"] = self.loss.compute()
+        self.log_dict({f"test/{k}": v for k, v in scores.items()})
+        trainer = self.trainer
+        if trainer.is_global_zero:
+            folder = Path(trainer.default_root_dir) / "confusion"
+            save_confusion(cm, self.class_names, folder, CONFUSION_NAME)
