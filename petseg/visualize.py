@@ -1,8 +1,9 @@
 """Prediction pictures: fixed validation images with their true and predicted masks, per epoch.
 
-The drawing functions are pure (numpy in, PIL out). `PredictionImages` is the callback that uses
-them: `<run>/predictions/epoch_NNN.png` grids (rows images; columns input, ground truth,
-prediction), `predictions/evolution.gif` at the end of fit, and W&B mask overlays when W&B logs.
+The drawing functions are pure (numpy in, PIL out; torchvision draws the masks and the grid).
+`PredictionImages` is the callback that uses them: `<run>/predictions/epoch_NNN.png` grids (rows
+images; columns input, ground truth, prediction), `predictions/evolution.gif` at the end of fit,
+and W&B mask overlays when W&B logs.
 """
 
 from __future__ import annotations
@@ -17,26 +18,25 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.v2.functional import InterpolationMode, resize, to_pil_image
+from torchvision.utils import draw_segmentation_masks, make_grid
 
 from petseg.errors import ConfigError
 from petseg.metrics import argmax_classes
 from petseg.module import scores_step
 
 # Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
-PALETTE = np.array(
-    [
-        [230, 159, 0],  # 0 pet: orange
-        [0, 114, 178],  # 1 background: blue
-        [240, 228, 66],  # 2 border: yellow
-        [0, 158, 115],
-        [204, 121, 167],
-        [213, 94, 0],
-        [86, 180, 233],
-        [0, 0, 0],
-    ],
-    dtype=np.uint8,
-)
-IGNORED = np.array([128, 128, 128], dtype=np.uint8)  # labels outside [0, num_classes): grey
+PALETTE = [
+    (230, 159, 0),  # 0 pet: orange
+    (0, 114, 178),  # 1 background: blue
+    (240, 228, 66),  # 2 border: yellow
+    (0, 158, 115),
+    (204, 121, 167),
+    (213, 94, 0),
+    (86, 180, 233),
+    (0, 0, 0),
+]
+IGNORED = (128, 128, 128)  # labels outside [0, num_classes): grey
 COLUMNS = ("input", "ground truth", "prediction")
 GAP = 2  # pixels between tiles and around the grid
 LINE = 16  # height of one text line (title, column heads, legend)
@@ -45,21 +45,21 @@ WANDB_IGNORED = 255  # mask value W&B gets for labels outside the classes
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
-    r, g, b = PALETTE[label % len(PALETTE)]
-    return int(r), int(g), int(b)
+    return PALETTE[label % len(PALETTE)]
 
 
-def colorize(mask: np.ndarray, num_classes: int = len(PALETTE)) -> Image.Image:
-    """Labels (H, W) -> RGB picture; labels outside [0, num_classes) (e.g. ignore_index) grey."""
+def colorize(mask: np.ndarray, num_classes: int = len(PALETTE)) -> torch.Tensor:
+    """Labels (H, W) -> uint8 (3, H, W) tile; labels outside [0, num_classes) grey."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a mask is (H, W) labels, got shape {mask.shape}")
     if not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"a mask holds integer labels, got dtype {mask.dtype}")
-    valid = (mask >= 0) & (mask < num_classes)
-    colours = PALETTE[np.where(valid, mask, 0) % len(PALETTE)]  # (H, W, 3)
-    colours[~valid] = IGNORED
-    return Image.fromarray(colours, mode="RGB")
+    grey = torch.tensor(IGNORED, dtype=torch.uint8).view(3, 1, 1).expand(3, *mask.shape)
+    labels = torch.from_numpy(np.ascontiguousarray(mask))
+    classes = labels[None] == torch.arange(num_classes).view(-1, 1, 1)  # (C, H, W) one-hot
+    colours = [class_colour(label) for label in range(num_classes)]
+    return draw_segmentation_masks(grey, classes, alpha=1.0, colors=colours)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -95,32 +95,29 @@ def prediction_grid(
             f"need as many images, masks and preds (> 0), got {len(images)}, {len(masks)}, "
             f"{len(preds)}"
         )
-    rgbs = [to_rgb(image) for image in images]
-    h, w = rgbs[0].shape[:2]
+    tiles: list[torch.Tensor] = []  # (3, H, W) uint8 each, three per row
+    for row, (image, mask, pred) in enumerate(zip(images, masks, preds, strict=True)):
+        rgb = torch.from_numpy(to_rgb(image)).permute(2, 0, 1)
+        tiles += [rgb, colorize(mask, len(class_names)), colorize(pred, len(class_names))]
+        (h, w), sizes = tiles[0].shape[1:], [tuple(t.shape[1:]) for t in tiles[-3:]]
+        if any(size != (h, w) for size in sizes):
+            raise ValueError(f"row {row}: tiles must all be {w}x{h}, got (H, W) {sizes}")
     scale = tile_scale(h, w, min_tile)
-    tile_w, tile_h = w * scale, h * scale
-    width = 3 * tile_w + 4 * GAP
+    # Nearest: masks keep exact colours, and the input shows the pixels the model saw.
+    big = resize(torch.stack(tiles), [h * scale, w * scale], InterpolationMode.NEAREST_EXACT)
+    body = to_pil_image(make_grid(big, nrow=3, padding=GAP, pad_value=255))
+    # Text: torchvision writes labels only on boxes, so PIL writes the heads and the legend.
     font = ImageFont.load_default(size=11)
-    legend = legend_lines(class_names, font, width)
+    legend = legend_lines(class_names, font, body.width)
     top = LINE * (2 if title else 1)
-    height = top + len(rgbs) * (tile_h + GAP) + GAP + LINE * len(legend)
-    grid = Image.new("RGB", (width, height), "white")
+    grid = Image.new("RGB", (body.width, top + body.height + LINE * len(legend)), "white")
+    grid.paste(body, (0, top))
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((GAP, 2), title, fill="black", font=font)
     for col, head in enumerate(COLUMNS):
-        draw.text((GAP + col * (tile_w + GAP), top - LINE + 2), head, fill="black", font=font)
-    num_classes = len(class_names)
-    for row, (rgb, mask, pred) in enumerate(zip(rgbs, masks, preds, strict=True)):
-        tiles = (Image.fromarray(rgb), colorize(mask, num_classes), colorize(pred, num_classes))
-        y = top + GAP + row * (tile_h + GAP)
-        for col, tile in enumerate(tiles):
-            if tile.size != (w, h):
-                raise ValueError(f"row {row}: tiles must all be {w}x{h}, got {tile.size}")
-            # Nearest: masks keep exact colours, and the input shows the pixels the model saw.
-            tile = tile.resize((tile_w, tile_h), Image.Resampling.NEAREST)
-            grid.paste(tile, (GAP + col * (tile_w + GAP), y))
-    y = top + len(rgbs) * (tile_h + GAP) + GAP
+        draw.text((GAP + col * (w * scale + GAP), top - LINE + 2), head, fill="black", font=font)
+    y = top + body.height
     for line in legend:
         for x, label, name in line:
             draw.rectangle((x, y + 3, x + 9, y + 12), fill=class_colour(label), outline="black")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from petseg.report import main, nice_ticks, report
+from petseg.report import draw_report, main, report
+from petseg.report.jobs import collect
 
 from conftest import run_module, run_train
 
@@ -159,11 +160,36 @@ def test_no_jobs_is_one_error_line(tmp_path: Path, capsys, make: str) -> None:
     assert not (target / "report.md").exists()
 
 
-def test_nice_ticks_cover_the_range() -> None:
-    ticks = nice_ticks(0.13, 0.36)
-    assert ticks[0] <= 0.13 and ticks[-1] >= 0.36 and 3 <= len(ticks) <= 8
-    assert nice_ticks(0, 1, integer=True) == [0, 1]
-    assert all(t == int(t) for t in nice_ticks(0, 37, integer=True))
+def test_plot_has_both_panels_and_a_legend_of_the_jobs_outside_them(tmp_path: Path) -> None:
+    """report.png through matplotlib: the legend sits right of both panels, not across them."""
+    for i in range(12):  # more jobs than tab10 colours: markers tell them apart
+        params = 1000 * 10 ** (i % 4)
+        fake_job(tmp_path, str(i), status=completed(0.3 + i / 50, params), curve=[0.2, 0.3])
+    fake_job(tmp_path, "running", status={"status": "running"})  # no curve, no point
+    rows = collect(tmp_path)
+    fig = draw_report(rows, tmp_path / "report.png")
+    assert_png(tmp_path / "report.png")
+    curves, scatter = fig.axes
+    assert len(curves.get_lines()) == 12 and scatter.get_xscale() == "log"
+    (legend,) = fig.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert [label.split(":")[0] for label in labels] == [r.job for r in rows]
+    assert labels[-1] == "running: unet / ce [running]"
+    markers = [line.get_marker() for line in legend.legend_handles]
+    assert markers[:10] == ["o"] * 10 and markers[10:12] == ["s", "s"]
+    left = legend.get_window_extent().x0  # pixels, as laid out by savefig
+    assert all(left >= ax.get_window_extent().x1 for ax in fig.axes)
+
+
+def test_plot_says_why_a_panel_is_empty(tmp_path: Path) -> None:
+    fake_job(tmp_path, "0", status={"status": "failed", "error": "boom"})
+    fig = draw_report(collect(tmp_path), tmp_path / "report.png")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == [
+        "no val/miou in any csv/metrics.csv",
+        "no job has both parameters and a val mIoU",
+    ]
+    assert_png(tmp_path / "report.png")
 
 
 @pytest.mark.slow

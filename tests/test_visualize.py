@@ -32,15 +32,21 @@ NAMES = ["pet", "background", "border"]
 LAYERS = ("ground_truth", "predictions")
 
 
+def hwc(tile) -> np.ndarray:
+    """A (3, H, W) tensor tile as the (H, W, 3) array a PNG holds."""
+    return tile.permute(1, 2, 0).numpy()
+
+
 def test_colorize_gives_each_class_its_colour_and_ignored_grey() -> None:
     mask = np.array([[0, 1], [2, -100]])
-    rgb = np.asarray(colorize(mask, num_classes=3))
+    rgb = hwc(colorize(mask, num_classes=3))
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     assert rgb[0, 0].tolist() == [230, 159, 0]  # pet: orange
     assert rgb[0, 1].tolist() == [0, 114, 178]  # background: blue
     assert rgb[1, 0].tolist() == [240, 228, 66]  # border: yellow
-    assert rgb[1, 1].tolist() == IGNORED.tolist()
-    assert np.asarray(colorize(np.array([[3]]), num_classes=3))[0, 0].tolist() == IGNORED.tolist()
+    assert rgb[1, 1].tolist() == list(IGNORED)
+    assert hwc(colorize(np.array([[3]]), num_classes=3))[0, 0].tolist() == list(IGNORED)
+    assert hwc(colorize(np.fliplr(mask), 3))[0, 0].tolist() == [0, 114, 178]  # any strides
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         colorize(np.zeros((1, 2, 2), np.int64))
     with pytest.raises(ValueError, match="integer labels"):
@@ -74,7 +80,7 @@ def test_grid_is_rows_by_three_tiles_in_place(size: int, rows: int, title: str |
     for r in range(rows):
         y = top + GAP + r * (tile + GAP) + tile // 2
         centres = [pixels[y, GAP + c * (tile + GAP) + tile // 2].tolist() for c in range(3)]
-        expected = [colour.tolist(), [240, 228, 66], np.asarray(colorize(preds[r]))[0, 0].tolist()]
+        expected = [colour.tolist(), [240, 228, 66], hwc(colorize(preds[r]))[0, 0].tolist()]
         assert centres == expected, r
 
 
@@ -182,7 +188,7 @@ def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> 
         for row, mask in enumerate(val_masks):  # the ground-truth column is the val set's masks
             y, x = top + GAP + row * (tile + GAP), 2 * GAP + tile
             shown = grid[y : y + tile : 3, x : x + tile : 3]
-            assert np.array_equal(shown, np.asarray(colorize(mask, 3))), (png, row)
+            assert np.array_equal(shown, hwc(colorize(mask, 3))), (png, row)
     with Image.open(folder / "evolution.gif") as gif:
         assert gif.n_frames == 2 and gif.size == (3 * tile + 4 * GAP, grid.shape[0])
 

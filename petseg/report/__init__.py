@@ -8,7 +8,7 @@ folder or a folder holding several runs (`outputs/<date>`).
 
 from petseg.report.cli import main, report
 from petseg.report.jobs import JobRow, collect, read_job
-from petseg.report.plot import draw_report, nice_ticks
+from petseg.report.plot import draw_report
 from petseg.report.tables import markdown_table, write_csv, write_markdown
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "draw_report",
     "main",
     "markdown_table",
-    "nice_ticks",
     "read_job",
     "report",
     "write_csv",
