@@ -34,17 +34,13 @@ class SaveOnInterrupt(L.Callback):
 
 
 class DataWait(L.Callback):
-    """Logs how much of each training epoch went to waiting for batches, to spot a starved device.
+    """Logs per epoch the share of training time spent waiting for batches: a starved device.
 
-    Per epoch: `perf/data_wait_frac`, the time between one step's end and the next step's start
-    (fetching from the DataLoader, transfer, `on_after_batch_transfer` augmentation) over the
-    loop's time from the first step's start, validation left out; `perf/first_batch_s`, the wait
-    for the epoch's first batch (worker start-up), left out of the fraction;
-    `perf/train_images_per_s`. Warns once per fit when the fraction passes `warn_above`.
-
-    CPU wall clock. On a GPU the CPU queues steps ahead of the device between syncs (logging
-    steps), so some of its wait for data can overlap the device's work: there the fraction is
-    an upper bound on the time the device sits idle.
+    `perf/data_wait_frac`: time between one step's end and the next step's start (loading, transfer,
+    `on_after_batch_transfer`) over the loop's time, validation and the first batch left out;
+    `perf/first_batch_s` (worker start-up); `perf/train_images_per_s`. Warns once per fit above
+    `warn_above`. CPU wall clock: on a GPU the CPU queues steps ahead between syncs, so there the
+    fraction is an upper bound on the device's idle time.
     """
 
     def __init__(
