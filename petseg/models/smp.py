@@ -37,7 +37,9 @@ def arch_class(arch: str) -> type[nn.Module]:
         return smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()]
     except KeyError:
         names = ", ".join(smp.MODEL_ARCHITECTURES_MAPPING)
-        raise ConfigError(f"model.arch={arch} is not an smp architecture: use one of {names}")
+        raise ConfigError(
+            f"model.arch={arch} is not an smp architecture: use one of {names}"
+        ) from None
 
 
 def arch_default(arch: str, name: str, fallback: Any) -> Any:
@@ -133,7 +135,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_encoder_file(encoder: nn.Module, path: Path, encoder_name: str) -> None:
-    """Strict: every key present with its shape, nothing extra; else one line saying what differs."""
+    """Strict: every key there with its shape, nothing extra; else one line saying what differs."""
     if not path.is_file():
         raise ConfigError(
             f"model.encoder_weights={path}: no such file; copy a state dict of the {encoder_name} "
@@ -169,7 +171,7 @@ class SMPModel(nn.Module):
         arch: an smp architecture, e.g. unet, fpn, deeplabv3plus, segformer (case-insensitive).
         encoder_name: an smp encoder (resnet34, efficientnet-b0, mit_b0, ...) or tu-<timm model>.
         encoder_weights: null (random init), a name smp knows (imagenet: downloaded into the
-            user's cache), or a local file holding a state dict of the encoder (.pth/.pt/.safetensors).
+            user's cache), or a local file with a state dict of the encoder (.pth, .safetensors).
         encoder_depth: encoder stages used (null: the architecture's default); the stride is
             min(encoder output stride, 2**encoder_depth).
         mean, std: input normalisation for x in [0, 1]; null: the pretrained weights' own
