@@ -23,7 +23,7 @@ import petseg.models.smp as smp_module
 from petseg.config import model_stride, validate
 from petseg.errors import ConfigError
 from petseg.finetune import FreezeEncoder
-from petseg.models.smp import IMAGENET_MEAN, IMAGENET_STD, SMPModel, preprocessing, stride_for
+from petseg.models.smp import IMAGENET_MEAN, IMAGENET_STD, SMPModel, preprocessing, smp_stride
 from petseg.module import SegModule
 
 from conftest import CONF_DIR, compose_config, quiet_trainer
@@ -239,7 +239,9 @@ def test_stride_is_checked_with_the_fix() -> None:
 def test_stride_for_matches_the_built_network(arch: str, depth: int | None, options: dict) -> None:
     """What the config can know without building (stride_for) is the encoder's output stride."""
     net = small(arch=arch, encoder_depth=depth, options=options)
-    assert stride_for(arch, depth, options) == net.stride
+    assert smp_stride(arch, depth, options) == net.stride
+    node = {"arch": arch, "encoder_depth": depth, "options": options}
+    assert SMPModel.stride_for(node) == net.stride
 
 
 def test_config_checks_the_image_size() -> None:

@@ -50,7 +50,7 @@ def arch_default(arch: str, name: str, fallback: Any) -> Any:
     return parameter.default
 
 
-def stride_for(
+def smp_stride(
     arch: str, encoder_depth: int | None = None, options: Mapping[str, Any] | None = None
 ) -> int:
     """The factor H and W must be a multiple of: min(encoder output stride, 2**depth), as smp's
@@ -236,6 +236,14 @@ class SMPModel(nn.Module):
             mean, std, self.bgr = preprocessing(encoder_name, None if from_file else weights)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    @staticmethod
+    def stride_for(model: Mapping[str, Any]) -> int:
+        """The stride the yaml node `model` builds, read without building it (for the config
+        check: it depends on arch, encoder_depth and options.encoder_output_stride)."""
+        return smp_stride(
+            model.get("arch", "unet"), model.get("encoder_depth", 5), model.get("options")
+        )
 
     @property
     def encoder(self) -> nn.Module:
