@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from stub_nets import stub_checkpoint
 
 from petseg.errors import ConfigError
 from petseg.evaluate import evaluate
 from petseg.train import train
 
 from conftest import cli_config
+from stub_nets import stub_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [

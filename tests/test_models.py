@@ -23,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, 1 
 
 
 def build(name: str, *overrides: str) -> nn.Module:
-    """The network `model=<name>` builds in training, at 64 px unless overridden."""
-    cfg = compose_config([f"model={name}", "data.image_size=64", *overrides])
+    """The network `model=<name>` builds in training, at 64 px unless overridden; smp presets
+    with random encoder weights (offline: their yaml says imagenet)."""
+    offline = ["model.encoder_weights=null"] if name.startswith("smp") else []
+    cfg = compose_config([f"model={name}", "data.image_size=64", *offline, *overrides])
     return hydra.utils.instantiate(cfg.model)
 
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
-from stub_nets import stub_checkpoint
 
 from petseg.errors import ConfigError
 from petseg.predict import output_names, predict, run
@@ -23,6 +22,7 @@ from petseg.train import train
 
 from conftest import TINY as TINY_RUN
 from conftest import cli_config, compose_config, single_thread
+from stub_nets import stub_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -16,7 +16,6 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import LocalEntryNotFoundError
-from test_models import disk_batch
 from torch.utils.data import DataLoader
 
 import petseg.models.smp as smp_module
@@ -27,6 +26,7 @@ from petseg.models.smp import IMAGENET_MEAN, IMAGENET_STD, SMPModel, preprocessi
 from petseg.module import SegModule
 
 from conftest import CONF_DIR, compose_config, quiet_trainer
+from test_models import disk_batch
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("smp*.yaml"))
 OFFLINE = "model.encoder_weights=null"
