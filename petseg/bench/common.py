@@ -11,7 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from petseg.data.oxford import find_base, read_split
+from petseg.data.layout import find_base
+from petseg.data.oxford import read_split
 from petseg.data.synthetic import ensure_synthetic
 from petseg.errors import ConfigError
 from petseg.summary import CONF_DIR
