@@ -16,6 +16,8 @@ from omegaconf import DictConfig, ListConfig
 
 from petseg.errors import ConfigError
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 # trainer.precision values Lightning 2.6 accepts (the supported list of lightning.fabric.connector:
 # its precision strings, the ints and the legacy string aliases).
 PRECISIONS = (
@@ -23,6 +25,11 @@ PRECISIONS = (
     "transformer-engine", "transformer-engine-float16",
     32, 16, 64, "32", "16", "64", "bf16",
 )  # fmt: skip
+
+
+def model_names() -> list[str]:
+    """Every `model=<name>` choice, from the yaml files of the model group."""
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 
 def model_stride(cfg: DictConfig) -> int:

@@ -43,3 +43,13 @@ def print_user_error(error: BaseException, log: logging.Logger) -> None:
     message = one_line(error)
     log.error("%s", message)
     print(f"error: {message}", file=sys.stderr)
+
+
+def user_error(error: BaseException) -> PetsegError | None:
+    """The PetsegError behind an exception, also when Hydra's instantiate wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, PetsegError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -19,11 +19,11 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from petseg.build import build, to_floats
+from petseg.checkpoint import load_module
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.fullsize import FullSizeScorer, full_size_loader
 from petseg.metrics import article_protocol
-from petseg.module import SegModule
-from petseg.train import build, to_floats
 
 log = logging.getLogger("petseg.evaluate")
 
@@ -35,26 +35,6 @@ PROTOCOLS = {
     "as training's test/* metrics",
 }
 RESOLUTIONS = tuple(PROTOCOLS)
-
-
-def load_module(ckpt_path: str | Path | None, article: bool = False) -> SegModule:
-    """The SegModule a checkpoint describes, on CPU; a missing or bad file is a ConfigError."""
-    if not ckpt_path:
-        raise ConfigError("ckpt_path is not set; pass ckpt_path=<path to a .ckpt file>")
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={ckpt_path}: no such file; pass a checkpoint written by petseg.train "
-            "(e.g. outputs/<date>/<time>/checkpoints/last.ckpt)"
-        )
-    try:
-        return SegModule.load_from_checkpoint(path, map_location="cpu", article_protocol=article)
-    except Exception as e:  # torch.load and Lightning raise many types for a bad file
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(
-            f"ckpt_path={ckpt_path}: cannot load it as a petseg checkpoint "
-            f"({type(e).__name__}: {reason}); pass a .ckpt written by petseg.train"
-        ) from e
 
 
 def write_json(metrics: dict[str, float], path: str | Path, protocol: str | None = None) -> Path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,12 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
-from petseg.config import model_stride
+from petseg.checkpoint import load_module, resolve_device, resolve_image_size
 from petseg.data.transforms import eval_pipeline
 from petseg.errors import ConfigError, DataError, PetsegError, print_user_error
-from petseg.evaluate import load_module
 from petseg.metrics import argmax_classes
 from petseg.module import SegModule
 from petseg.photo import read_photo
@@ -42,7 +41,6 @@ log = logging.getLogger("petseg.predict")
 PET, BACKGROUND, BORDER = 0, 1, 2
 NUM_CLASSES = 3
 OVERLAY_COLORS = {PET: (0, 200, 0), BORDER: (255, 210, 0)}  # background keeps its pixels
-DEFAULT_IMAGE_SIZE = 128  # data.image_size in conf/data/oxford.yaml
 OVERLAY_FORMATS = ("png", "jpg")
 
 
@@ -73,61 +71,6 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     """Output name per input: its stem, or `<stem>_<ext>` when two inputs share a stem."""
     counts = Counter(p.stem for p in paths)
     return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths}
-
-
-def run_image_size(ckpt_path: Path) -> tuple[int | None, Path]:
-    """`data.image_size` of the run that wrote the checkpoint (`<run>/.hydra/config.yaml`)."""
-    config = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return None, config
-    try:
-        size = OmegaConf.select(
-            OmegaConf.load(config), "data.image_size", throw_on_resolution_failure=False
-        )
-    except Exception:  # an unreadable run config only loses this hint
-        return None, config
-    return (size if isinstance(size, int) and not isinstance(size, bool) else None), config
-
-
-def resolve_image_size(size: Any, net: Mapping[str, Any], ckpt_path: str | Path) -> tuple[int, str]:
-    """The square size the network runs at, and where it came from (for the log).
-
-    `image_size=` wins; else the checkpoint's `net.image_size` (ViT); else the training run's
-    `data.image_size` from the run folder beside the checkpoint (the checkpoint itself does not
-    hold it: the DataModule saves no hyperparameters); else 128, the training default.
-    """
-    if size is not None:
-        source = "image_size="
-    elif net.get("image_size"):
-        size, source = net["image_size"], "the checkpoint's net.image_size"
-    else:
-        size, config = run_image_size(Path(ckpt_path))
-        source = f"data.image_size in {config}"
-        if size is None:
-            size, source = DEFAULT_IMAGE_SIZE, "the training default (no run config found)"
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ConfigError(f"image_size={size} must be a positive integer (or null: automatic)")
-    stride = model_stride(OmegaConf.create({"model": dict(net)}))
-    if size % stride:
-        lower, upper = max(stride, size // stride * stride), (size // stride + 1) * stride
-        raise ConfigError(
-            f"image_size={size} (from {source}) is not a multiple of {stride}, the stride of "
-            f"{net['_target_'].rsplit('.', 1)[-1]}; use image_size={lower} or {upper}"
-        )
-    return size, source
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """`auto`: the GPU when CUDA has one, else the CPU; otherwise any torch device string."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device={name}: not a device ({e}); use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: CUDA is not available here; use device=auto or cpu")
-    return device
 
 
 def check_options(cfg: DictConfig) -> None:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torchinfo import summary
 
+from petseg.config import CONF_DIR, model_names
+from petseg.flops import mult_adds
+from petseg.markdown import Row, format_table
 from petseg.models.blocks import ConvBNReLU, DepthwiseSeparableConv
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # conv_vs_dsc: each step halves the side and doubles the channels, from 128 px (3 -> 64 first).
 CONV_STEPS = ((3, 64, 128), (64, 128, 64), (128, 256, 32), (256, 512, 16), (512, 1024, 8))
 
@@ -34,13 +34,6 @@ NOTES = """\
 - activations saved for backward: measured, bytes autograd keeps in one training-mode forward of
   batch 1 (parameters excluded). torchinfo fwd/bwd size: its estimate, 2x the outputs of leaf
   layers that have parameters."""
-
-Row = dict[str, int | float | str]
-
-
-def model_names() -> list[str]:
-    """Every `model=<name>` choice, from the yaml files of the model group."""
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 
 def saved_activation_bytes(net: nn.Module, x: torch.Tensor) -> int:
@@ -61,26 +54,6 @@ def saved_activation_bytes(net: nn.Module, x: torch.Tensor) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         net(x)
     return sum(storages.values())
-
-
-def _cpu_sdpa_flops(
-    q_shape: torch.Size, k_shape: torch.Size, v_shape: torch.Size, *_args: object, **_kwargs: object
-) -> int:
-    """Torch's attention FLOP formula, for the CPU flash kernel that FlopCounterMode omits."""
-    return sdpa_flop_count(q_shape, k_shape, v_shape)
-
-
-def mult_adds(net: nn.Module, x: torch.Tensor) -> int:
-    """Mult-adds of one eval forward: convs, matmuls and attention, counted by torch per op.
-
-    Not torchinfo's `total_mult_adds`: it counts a Linear once per batch element, not per token,
-    so transformers come out ~N times too small; and it misses functional attention.
-    """
-    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
-    net.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as c:
-        net(x)
-    return c.get_total_flops() // 2  # a multiply-add is 2 FLOPs
 
 
 def latency_ms(net: nn.Module, x: torch.Tensor, runs: int) -> float:
@@ -145,22 +118,6 @@ def conv_vs_dsc_rows() -> list[Row]:
             }
         )
     return rows
-
-
-def format_table(rows: list[Row]) -> str:
-    """Markdown table; ints get thousands separators, floats 2 decimals (3 below 1)."""
-
-    def cell(v: int | float | str) -> str:
-        if isinstance(v, int):
-            return f"{v:,}"
-        if isinstance(v, float):
-            return f"{v:,.3f}" if abs(v) < 1 else f"{v:,.2f}"
-        return v
-
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in header) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

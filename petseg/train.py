@@ -1,6 +1,6 @@
 """`python -m petseg.train [overrides]`: compose the config, wire the objects, fit and test.
 
-This is the only place objects are wired together; everything else is built from `_target_`s.
+This is the only place objects are wired together for a run (the builders are petseg.build's).
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from petseg.build import build, build_callbacks, build_loggers, build_module, to_floats
 from petseg.config import find_last_checkpoint, validate
-from petseg.errors import ConfigError, PetsegError, one_line, print_user_error
+from petseg.errors import ConfigError, one_line, print_user_error, user_error
+from petseg.flops import mult_adds
 from petseg.launch import setup_devices
 from petseg.metrics import article_protocol
-from petseg.module import SegModule
 from petseg.run_status import (
     Interrupted,
     SigtermGuard,
@@ -49,8 +48,6 @@ def model_stats(net: torch.nn.Module, image_size: int, in_channels: int = 3) -> 
     )
     log.info("Model summary at %dx%d:\n%s", image_size, image_size, stats)
     # torchinfo counts a transformer's Linear once per image, not per token: count per op instead.
-    from petseg.summary import mult_adds
-
     training = net.training
     per_op = mult_adds(net, torch.zeros(1, in_channels, image_size, image_size))
     net.train(training)
@@ -135,34 +132,11 @@ def status_file(cfg: DictConfig) -> StatusFile | None:
     return StatusFile(folder)
 
 
-def build(node: Any, **kwargs: Any) -> Any:
-    """hydra's instantiate, but a user error inside a constructor surfaces as itself."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = user_error(e)
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [build(c) for c in (cfg.get("logger") or {}).values() if c]
-
-
 def finish_wandb(exit_code: int = 0) -> None:
     """Close this job's W&B run with the run's exit code (non-zero: W&B marks it failed), so the
     next multirun job starts its own."""
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         sys.modules["wandb"].finish(exit_code=exit_code)
-
-
-def to_floats(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) or isinstance(v, float)}
 
 
 def resolve_auto_weights(cfg: DictConfig, datamodule: Any) -> None:
@@ -231,22 +205,6 @@ def replay_csv_history(ckpt_path: Path, loggers: list[Any]) -> None:
         for logger in csv_loggers:
             logger.log_metrics(values, step=int(row["step"]))
     log.info("Resumed history: %d rows before step %d from %s", len(rows), step, old)
-
-
-def build_module(cfg: DictConfig, article_protocol: bool = False) -> SegModule:
-    """SegModule from a composed config: network, loss, optimizer, schedule and perf switches."""
-    return SegModule(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.get("scheduler") or None,
-        class_names=cfg.class_names,
-        ignore_index=cfg.loss.get("ignore_index", -100),
-        article_protocol=article_protocol,
-        channels_last=cfg.perf.channels_last,
-        compile=cfg.perf.compile,
-        train_metrics_every_n_steps=cfg.perf.train_metrics_every_n_steps,
-    )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -335,16 +293,6 @@ def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
         run_lightning(trainer, trainer.test, model=module, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(to_floats(trainer.callback_metrics))
     return {**metrics, **{k: float(v) for k, v in stats.items()}}
-
-
-def user_error(error: BaseException) -> PetsegError | None:
-    """The PetsegError behind an exception, also when Hydra's instantiate wrapped it."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, PetsegError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class JobFailed(RuntimeError):

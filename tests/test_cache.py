@@ -16,9 +16,9 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from petseg.data import cache, check
+from petseg.data import cache, exclude, scanner
 from petseg.data.datamodule import PetDataModule, auto_workers
-from petseg.data.oxford import find_base
+from petseg.data.layout import find_base
 from petseg.errors import ConfigError
 
 # tiny_pets: synthetic_1..10 in trainval (9 train, 1 val), synthetic_11..14 in test, 48x48 each.
@@ -208,7 +208,7 @@ def test_one_worker_loads_the_same_batches(tiny_pets: Path) -> None:
 
 def test_exclude_list_and_skip_bad_are_honoured(tiny_pets: Path, decodes: list[Path]) -> None:
     base = find_base(tiny_pets)
-    check.write_exclude(base, ["synthetic_2"])
+    exclude.write_exclude(base, ["synthetic_2"])
     data = (base / "images" / "synthetic_5.jpg").read_bytes()
     (base / "images" / "synthetic_5.jpg").write_bytes(data[: len(data) // 2])  # truncated
     dm = datamodule(tiny_pets, skip_bad=True)
@@ -227,7 +227,7 @@ def test_read_only_dataset_caches_in_the_user_cache(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     base = find_base(tiny_pets)
-    check.scan(base, [f"synthetic_{i}" for i in range(1, 11)])  # the check's cache, while writable
+    scanner.scan(base, [f"synthetic_{i}" for i in range(1, 11)])  # the check cache, while writable
     base.chmod(0o555)
     try:
         dm = datamodule(tiny_pets)
@@ -246,7 +246,7 @@ def test_unwritable_cache_falls_back_to_the_jpegs(
     (tmp_path / "xdg").write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     base = find_base(tiny_pets)
-    check.scan(base, [f"synthetic_{i}" for i in range(1, 11)])
+    scanner.scan(base, [f"synthetic_{i}" for i in range(1, 11)])
     base.chmod(0o555)
     try:
         dm = datamodule(tiny_pets)

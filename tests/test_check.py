@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petseg.data import check
+from petseg.data import check, exclude, faults, scanner
 from petseg.data.datamodule import PetDataModule
-from petseg.data.oxford import find_base, load_image, read_split
+from petseg.data.layout import find_base
+from petseg.data.oxford import load_image, read_split
 from petseg.errors import DataError
 
 # tiny_pets: synthetic_1..10 in trainval, synthetic_11..14 in test, 48x48 each.
@@ -66,13 +67,13 @@ def bad_pets(tiny_pets: Path) -> Path:
     return tiny_pets
 
 
-def found(report: check.Report) -> set[tuple[str, str]]:
+def found(report: faults.Report) -> set[tuple[str, str]]:
     return {(f.path, f.kind) for f in report.faults}
 
 
 def test_report_names_each_file_and_its_fault(bad_pets: Path, capsys) -> None:
     base = find_base(bad_pets)
-    report = check.scan(base, [*read_split(base, "trainval"), *read_split(base, "test")])
+    report = scanner.scan(base, [*read_split(base, "trainval"), *read_split(base, "test")])
     assert found(report) == HANDLED | BREAKING_TRAINVAL | BREAKING_TEST
     assert set(report.bad_names()) == BAD_NAMES
     assert not any(f.breaking for f in report.faults if (f.path, f.kind) in HANDLED)
@@ -99,7 +100,7 @@ def test_write_exclude_lists_only_breaking_samples(bad_pets: Path, capsys) -> No
     names = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert "petseg.data.check --write-exclude" in header[0]
     assert sorted(names) == sorted(BAD_NAMES)
-    assert check.read_exclude(base) == BAD_NAMES
+    assert exclude.read_exclude(base) == BAD_NAMES
     capsys.readouterr()
     assert check.main([f"data.root={bad_pets}"]) == 0  # all excluded: setup would not stop
     out = capsys.readouterr().out
@@ -165,7 +166,7 @@ def test_skip_bad_drops_them_with_one_warning_and_loads(bad_pets: Path) -> None:
 
 def test_exclude_list_is_honoured_and_keeps_the_split(bad_pets: Path) -> None:
     base = find_base(bad_pets)
-    check.write_exclude(base, sorted(BAD_NAMES))
+    exclude.write_exclude(base, sorted(BAD_NAMES))
     dm = PetDataModule(bad_pets, download=False, image_size=32, num_workers=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -200,28 +201,28 @@ def test_cache_skips_unchanged_files(bad_pets: Path, monkeypatch) -> None:
     base = find_base(bad_pets)
     names = read_split(base, "trainval")
     decoded: list[Path] = []
-    inspect = check.inspect_file
+    inspect = scanner.inspect_file
 
     def counting(path: Path, trimap: bool) -> dict:
         decoded.append(path)
         return inspect(path, trimap)
 
     # scan looks inspect_file up in its own module; the package only re-exports it
-    monkeypatch.setattr(check.scanner, "inspect_file", counting)
-    first = check.scan(base, names)
+    monkeypatch.setattr(scanner, "inspect_file", counting)
+    first = scanner.scan(base, names)
     assert len(decoded) == 2 * len(names) - 2 == first.decoded  # ghost image, synthetic_8 trimap
-    second = check.scan(base, names)
+    second = scanner.scan(base, names)
     assert len(decoded) == first.decoded and second.cached == first.decoded
     assert found(second) == found(first)
 
     Image.fromarray(pixels(5)).save(base / "images" / "synthetic_5.jpg")  # repaired
-    third = check.scan(base, names)
+    third = scanner.scan(base, names)
     assert decoded[-1] == base / "images" / "synthetic_5.jpg" and third.decoded == 1
     assert ("images/synthetic_5.jpg", "truncated") not in found(third)
 
-    (base / check.CACHE_NAME).write_text('{"version": 1, "files": {"imag')  # a torn write
-    assert check.scan(base, names).decoded == 2 * len(names) - 2  # ignored, rebuilt
-    assert json.loads((base / check.CACHE_NAME).read_text())["version"] == check.CACHE_VERSION
+    (base / scanner.CACHE_NAME).write_text('{"version": 1, "files": {"imag')  # a torn write
+    assert scanner.scan(base, names).decoded == 2 * len(names) - 2  # ignored, rebuilt
+    assert json.loads((base / scanner.CACHE_NAME).read_text())["version"] == scanner.CACHE_VERSION
     assert not list(base.glob("*.tmp"))
 
     decoded.clear()  # a second setup over unchanged files decodes nothing
@@ -237,10 +238,10 @@ def test_read_only_dataset_caches_outside_it(tiny_pets: Path, tmp_path: Path, mo
     base.chmod(0o555)
     try:
         assert check.main([f"data.root={tiny_pets}"]) == 0
-        assert check.scan(base, read_split(base, "test")).decoded == 0
+        assert scanner.scan(base, read_split(base, "test")).decoded == 0
     finally:
         base.chmod(0o755)
-    assert not (base / check.CACHE_NAME).exists()
+    assert not (base / scanner.CACHE_NAME).exists()
     assert len(list((tmp_path / "xdg" / "petseg").glob("check-*.json"))) == 1
 
 
@@ -301,5 +302,5 @@ def test_check_on_real_subset(pets_mini: Path, tmp_path: Path, monkeypatch, caps
     print(out)
     assert "596 samples" in out and "Result: " in out
     assert code == 0  # pets-mini: 596 RGB JPEGs with 1/2/3 trimaps of the same size
-    assert not (base / check.CACHE_NAME).exists()
+    assert not (base / scanner.CACHE_NAME).exists()
     assert len(list((tmp_path / "xdg" / "petseg").glob("check-*.json"))) == 1

@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from petseg.data.datamodule import PetDataModule
-from petseg.data.oxford import PetTrimaps, find_base, load_image, load_trimap, read_split
+from petseg.data.layout import find_base
+from petseg.data.oxford import PetTrimaps, load_image, load_trimap, read_split
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import eval_pipeline, train_pipeline
 from petseg.errors import DataError

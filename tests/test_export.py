@@ -14,8 +14,9 @@ import torch
 
 from petseg.bench import InMemory
 from petseg.errors import ConfigError
-from petseg.export import ParityError, check_parity, export, ort_logits, ort_session
+from petseg.export import ParityError, check_parity, export
 from petseg.module import SegModule
+from petseg.onnx import ort_logits, ort_session
 
 from conftest import TINY, cli_config, compose_config, quiet_trainer, single_thread
 

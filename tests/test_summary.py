@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from petseg.flops import mult_adds
+from petseg.markdown import format_table
 from petseg.models import ViTSeg
-from petseg.summary import conv_vs_dsc_rows, format_table, main, model_rows, mult_adds
+from petseg.summary import conv_vs_dsc_rows, main, model_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, 1 thread
 

@@ -19,9 +19,9 @@ from petseg.bench.models import bench_model, onnx_row
 from petseg.bench.pipeline import bench_pipeline, collate
 from petseg.bench.report import markdown, write_report
 from petseg.bench.step import bench_step
+from petseg.checkpoint import resolve_device
+from petseg.config import model_names
 from petseg.errors import ConfigError, PetsegError
-from petseg.predict import resolve_device
-from petseg.summary import model_names
 
 DEFAULT_MODELS = ("vit_small", "segformer", "segnet_dsc")  # the cheap ones; --models all
 SECTIONS = ("pipeline", "step", "models", "onnx")

@@ -11,10 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from petseg.data.oxford import find_base, read_split
+from petseg.config import CONF_DIR
+from petseg.data.layout import find_base
+from petseg.data.oxford import read_split
 from petseg.data.synthetic import ensure_synthetic
 from petseg.errors import ConfigError
-from petseg.summary import CONF_DIR
 
 PETS_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "pets-mini"
 # Lightning precision -> autocast dtype (None: no autocast) for the hand-written loop.

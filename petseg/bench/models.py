@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 
 from petseg.bench.common import Batch, precision_name
 from petseg.bench.step import PlainLoop
+from petseg.build import build_module
 from petseg.errors import PetsegError
-from petseg.summary import mult_adds
-from petseg.train import build_module
+from petseg.flops import mult_adds
 
 # ---------------------------------------------------------------------------------------------
 # 3. Per model: forward + backward throughput
@@ -61,7 +61,7 @@ def bench_model(
 
 def bench_onnx(cfg: DictConfig, name: str, work: Path, runs: int) -> dict[str, Any]:
     """Batch-1 latency of eager PyTorch and ONNX Runtime (CPU); `error` when export fails."""
-    from petseg.export import export_onnx, latencies, ort_session, parity
+    from petseg.onnx import export_onnx, latencies, ort_session, parity
 
     size = int(cfg.data.image_size)
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def bench_onnx(cfg: DictConfig, name: str, work: Path, runs: int) -> dict[str, A
 
 def onnx_row(cfg: DictConfig, name: str, work: Path, runs: int) -> dict[str, Any]:
     try:
-        from petseg.export import require_onnx
+        from petseg.onnx import require_onnx
 
         require_onnx()
     except PetsegError as e:

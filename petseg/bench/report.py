@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from petseg.summary import format_table
+from petseg.markdown import format_table
 
 
 def fmt(value: Any, digits: int = 1) -> str:

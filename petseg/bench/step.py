@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from petseg.bench.common import Batch, autocast, precision_name, synchronize
+from petseg.build import build_module
 from petseg.errors import ConfigError
 from petseg.module import SegModule
-from petseg.train import build_module
 
 
 class InMemory:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from petseg.atomic import atomic_open
-from petseg.data.check import cache_place, sample_files
+from petseg.data.layout import cache_place, sample_files, sample_paths
 from petseg.data.oxford import load_pair
 from petseg.errors import DataError
 
@@ -185,8 +185,7 @@ def build(
         raise OSError(f"needs {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
 
     def decode(name: str) -> tuple[np.ndarray, np.ndarray]:
-        image_rel, trimap_rel = sample_files(name)
-        return load_pair(base / image_rel, base / trimap_rel, size)
+        return load_pair(*sample_paths(base, name), size)
 
     workers = workers or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max(1, min(workers, len(names))))

@@ -15,16 +15,10 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import DataLoader
 
 from petseg.data.cache import DecodedArrays, ensure_cache
-from petseg.data.check import check_split_overlap, usable_names
+from petseg.data.exclude import check_split_overlap, usable_names
 from petseg.data.gpu_augment import FlipJitter, split_transforms
-from petseg.data.oxford import (
-    BASE_FOLDER,
-    PetTrimaps,
-    SubstituteBad,
-    find_base,
-    load_trimap,
-    read_split,
-)
+from petseg.data.layout import BASE_FOLDER, find_base, no_dataset, sample_paths
+from petseg.data.oxford import PetTrimaps, SubstituteBad, load_trimap, read_split
 from petseg.data.sampler import EpochSampler, sample_seed
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import IMAGE_INTERPOLATIONS, eval_pipeline, train_pipeline
@@ -164,8 +158,8 @@ class PetDataModule(L.LightningDataModule):
                 raise DataError(
                     f"data.download=true: downloading Oxford-IIIT Pet into {self.root} failed "
                     f"({reason}); get images.tar.gz and annotations.tar.gz from {PETS_URL}, "
-                    "extract them into <folder>/oxford-iiit-pet/ and point data.root at the "
-                    "folder holding oxford-iiit-pet/ (or set data.download=false)"
+                    f"extract them into <folder>/{BASE_FOLDER}/ and point data.root at the "
+                    f"folder holding {BASE_FOLDER}/ (or set data.download=false)"
                 ) from None
 
     def check_source(self) -> None:
@@ -182,9 +176,8 @@ class PetDataModule(L.LightningDataModule):
                 else "the download did not produce it; check network access"
             )
             raise DataError(
-                f"data.root={self.root}: no Oxford-IIIT Pet dataset there (expected "
-                f"{self.root / BASE_FOLDER}/images and annotations/trimaps); {hint}, or point "
-                "data.root at the folder that holds oxford-iiit-pet/"
+                f"{no_dataset(self.root)}; {hint}, or point data.root at the folder that holds "
+                f"{BASE_FOLDER}/"
             )
         return base
 
@@ -210,7 +203,7 @@ class PetDataModule(L.LightningDataModule):
         base = self.base()
         counts = torch.zeros(self.num_classes, dtype=torch.float64)
         for name in self.usable({"train": self.split_names()[0]})["train"]:
-            labels = load_trimap(base / "annotations" / "trimaps" / f"{name}.png")
+            labels = load_trimap(sample_paths(base, name)[1])
             counts += torch.from_numpy(np.bincount(labels.ravel(), minlength=self.num_classes))
         return counts
 

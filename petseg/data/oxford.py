@@ -1,4 +1,4 @@
-"""Reader of the official Oxford-IIIT Pet layout: images/*.jpg, annotations/trimaps/*.png, lists."""
+"""Reader of the official Oxford-IIIT Pet layout (data.layout): split lists, images, trimaps."""
 
 from __future__ import annotations
 
@@ -12,40 +12,26 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from petseg.data.layout import sample_paths, split_file, split_names, split_path
 from petseg.data.transforms import resize_image, resize_labels
 from petseg.errors import DataError
 
 if TYPE_CHECKING:
     from petseg.data.cache import DecodedArrays
 
-# torchvision's OxfordIIITPet downloads into <root>/oxford-iiit-pet; we read the same folder.
-BASE_FOLDER = "oxford-iiit-pet"
 NUM_CLASSES = 3  # trimap 1 pet, 2 background, 3 border -> labels 0, 1, 2
 
 Transform = Callable[..., dict]
 
 
-def find_base(root: str | Path) -> Path | None:
-    """The folder holding images/ and annotations/: <root>/oxford-iiit-pet, or root itself."""
-    root = Path(root)
-    for base in (root / BASE_FOLDER, root):
-        if (base / "images").is_dir() and (base / "annotations" / "trimaps").is_dir():
-            return base
-    return None
-
-
 def read_split(base: Path, split: str) -> list[str]:
-    """Image names of an official split list (`trainval` or `test`): first word of each line."""
-    path = base / "annotations" / f"{split}.txt"
+    """Image names of an official split list (`trainval` or `test`)."""
+    path = split_path(base, split)
     if not path.is_file():
         raise DataError(
-            f"{path}: split list not found; the official layout has annotations/{split}.txt"
+            f"{path}: split list not found; the official layout has {split_file(split)}"
         )
-    names = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            names.append(line.split()[0])
+    names = split_names(path.read_text())
     if not names:
         raise DataError(f"{path}: split list is empty")
     return names
@@ -142,11 +128,7 @@ class PetTrimaps(Dataset):
         return len(self.names)
 
     def paths(self, index: int) -> tuple[Path, Path]:
-        name = self.names[index]
-        return (
-            self.base / "images" / f"{name}.jpg",
-            self.base / "annotations" / "trimaps" / f"{name}.png",
-        )
+        return sample_paths(self.base, self.names[index])
 
     def seed_transform(self) -> None:
         """Seed albumentations' own RNG from torch's seed for this process.

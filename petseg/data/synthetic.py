@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from petseg.data.oxford import BASE_FOLDER
+from petseg.data.layout import BASE_FOLDER, IMAGES, TRIMAPS, sample_paths, split_path
 
 STAMP = "synthetic.json"
 
@@ -53,18 +53,19 @@ def make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
 def write_dataset(out: Path, num_trainval: int, num_test: int, size: int, seed: int) -> None:
     """images/, annotations/trimaps/ and the trainval/test lists in the official layout."""
     rng = np.random.default_rng(seed)
-    (out / "images").mkdir(parents=True)
-    (out / "annotations" / "trimaps").mkdir(parents=True)
+    (out / IMAGES).mkdir(parents=True)
+    (out / TRIMAPS).mkdir(parents=True)
     lines = {"trainval": [], "test": []}
     for i in range(num_trainval + num_test):
         split = "trainval" if i < num_trainval else "test"
         name = f"synthetic_{i + 1}"
         image, trimap = make_sample(rng, size)
-        Image.fromarray(image).save(out / "images" / f"{name}.jpg", quality=90)
-        Image.fromarray(trimap, mode="L").save(out / "annotations" / "trimaps" / f"{name}.png")
+        image_path, trimap_path = sample_paths(out, name)
+        Image.fromarray(image).save(image_path, quality=90)
+        Image.fromarray(trimap, mode="L").save(trimap_path)
         lines[split].append(f"{name} 1 1 1")
     for split, rows in lines.items():
-        (out / "annotations" / f"{split}.txt").write_text("\n".join(rows) + "\n")
+        split_path(out, split).write_text("\n".join(rows) + "\n")
 
 
 def ensure_synthetic(

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from petseg.data.check.faults import EXCLUDE, split_overlap
-from petseg.data.check.scanner import scan, writable, write_atomic
+from petseg.data.faults import EXCLUDE, split_overlap
+from petseg.data.layout import ANNOTATIONS, split_path, writable
 from petseg.data.oxford import read_split
+from petseg.data.scanner import scan, write_atomic
 from petseg.errors import DataError
 
 log = logging.getLogger("petseg.data.check")
@@ -19,7 +20,7 @@ MAX_LINES = 50  # per-file lines in a setup error or warning; the check CLI list
 
 
 def exclude_path(base: Path) -> Path:
-    return Path(base) / "annotations" / EXCLUDE
+    return Path(base) / ANNOTATIONS / EXCLUDE
 
 
 def read_exclude(base: Path) -> set[str]:
@@ -104,14 +105,14 @@ def check_split_overlap(base: Path, root: str | Path) -> None:
 
     Without a test list (a trainval-only copy) there is nothing to leak into.
     """
-    if not (base / "annotations" / "test.txt").is_file():
+    if not split_path(base, "test").is_file():
         return
     exclude = read_exclude(base)
     faults = split_overlap(read_split(base, "trainval"), read_split(base, "test"))
     both = [f.name for f in faults if f.name not in exclude]
     if both:
         shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
-        lists = f"{base / 'annotations'}/trainval.txt and test.txt"
+        lists = f"{split_path(base, 'trainval')} and test.txt"
         noun = "name" if len(both) == 1 else "names"
         raise DataError(
             f"{lists} both list {len(both)} {noun} ({shown}): test images would be trained on; "

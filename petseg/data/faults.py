@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petseg.data.layout import sample_files, split_file
+
 EXCLUDE = "exclude.txt"  # in annotations/, beside the split lists
 BREAKING = frozenset(  # setup stops unless exclude.txt lists the sample (files: or data.skip_bad)
     {
@@ -100,17 +102,12 @@ class Report:
         return "\n".join(lines)
 
 
-def sample_files(name: str) -> tuple[str, str]:
-    """Image and trimap of a sample, relative to the dataset folder (as PetTrimaps.paths)."""
-    return f"images/{name}.jpg", f"annotations/trimaps/{name}.png"
-
-
 def split_overlap(trainval: list[str], test: list[str]) -> list[Fault]:
     """A `split-overlap` fault per test-list name also in trainval: it would leak into training."""
     train = set(trainval)
     both = [name for name in dict.fromkeys(test) if name in train]
-    detail = "also in annotations/trainval.txt: a test image in training"
-    return [Fault(name, "annotations/test.txt", "split-overlap", detail) for name in both]
+    detail = f"also in {split_file('trainval')}: a test image in training"
+    return [Fault(name, split_file("test"), "split-overlap", detail) for name in both]
 
 
 def judge(name: str, image: dict[str, Any] | None, trimap: dict[str, Any] | None) -> list[Fault]:

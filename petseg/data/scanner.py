@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from petseg.atomic import atomic_open
-from petseg.data.check.faults import Report, judge, sample_files
+from petseg.data.faults import Report, judge
+from petseg.data.layout import cache_place, sample_files
 from petseg.data.oxford import trimap_raw
 
 log = logging.getLogger("petseg.data.check")
@@ -41,24 +41,6 @@ def inspect_file(path: Path, trimap: bool) -> dict[str, Any]:
         return {"error": f"{type(e).__name__}: {e}"}
     info["size"] = list(info["size"])
     return info
-
-
-def writable(folder: Path) -> bool:
-    """Writable and not marked read-only: root may write anywhere, but shared data has no w bits."""
-    try:
-        return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
-    except OSError:
-        return False
-
-
-def cache_place(base: Path, local: str, elsewhere: str) -> Path:
-    """`base/local` when the dataset folder is writable, else `<user cache>/petseg/<elsewhere>`
-    with `{key}` filled by a hash of the dataset's path, so datasets never share a cache."""
-    if writable(base):
-        return base / local
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:16]
-    return cache_home / "petseg" / elsewhere.format(key=key)
 
 
 def cache_path(base: Path) -> Path:

@@ -1,16 +1,24 @@
-"""The command line of `python -m petseg.data.check`: scan, print the report, exit 0, 1 or 2."""
+"""`python -m petseg.data.check data.root=... [--write-exclude] [--workers N]`: find bad data files.
+
+Decodes every image and trimap of annotations/trainval.txt and test.txt (in threads) and lists each
+fault per file: breaking ones (faults.BREAKING: setup stops on them) and ones the reader handles.
+Exit 0 when no breaking fault is left outside annotations/exclude.txt, exactly when setup will not
+stop; 1 otherwise; 2, one line, without a dataset or split list. --write-exclude lists the breaking
+samples in exclude.txt. Results are cached per file by (path, size, mtime_ns) (scanner.cache_path).
+The scan itself is petseg.data's faults, scanner and exclude, which setup uses too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from petseg.data.check.exclude import read_exclude, write_exclude
-from petseg.data.check.faults import EXCLUDE, split_overlap
-from petseg.data.check.scanner import scan
-from petseg.data.oxford import BASE_FOLDER, find_base, read_split
+from petseg.data.exclude import read_exclude, write_exclude
+from petseg.data.faults import EXCLUDE, split_overlap
+from petseg.data.layout import BASE_FOLDER, find_base, no_dataset
+from petseg.data.oxford import read_split
+from petseg.data.scanner import scan
 from petseg.errors import DataError, PetsegError
 
 
@@ -42,9 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = find_base(root)
         if base is None:
             raise DataError(
-                f"data.root={root}: no Oxford-IIIT Pet dataset there (expected "
-                f"{Path(root) / BASE_FOLDER}/images and annotations/trimaps, or those in data.root "
-                "itself); point data.root at the folder that holds oxford-iiit-pet/"
+                f"{no_dataset(root)}; point data.root at the folder that holds {BASE_FOLDER}/"
             )
         trainval, test = read_split(base, "trainval"), read_split(base, "test")
         report = scan(base, [*trainval, *test], args.workers)
@@ -60,3 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write_exclude:
         print(f"Wrote {len(report.bad_names())} names to {path}")
     return 1 if report.blocking() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
