@@ -107,11 +107,12 @@ PHOTOS = [("wide", 12, 6, 6, 5), ("wider", 24, 6, 12, 10)]
 
 @pytest.fixture
 def two_photos(tmp_path: Path) -> Path:
-    """data.root of an official layout holding PHOTOS as its test split."""
+    """data.root of an official layout holding PHOTOS as its test split (and one other image
+    as trainval: a name in both lists stops setup)."""
     base = tmp_path / "pets" / "oxford-iiit-pet"
     (base / "images").mkdir(parents=True)
     (base / "annotations" / "trimaps").mkdir(parents=True)
-    for name, width, height, bright, pet in PHOTOS:
+    for name, width, height, bright, pet in [*PHOTOS, ("spare", 8, 8, 4, 4)]:
         image = np.zeros((height, width, 3), np.uint8)
         image[:, :bright] = 255
         Image.fromarray(image).save(base / "images" / f"{name}.jpg", quality=95)
@@ -120,7 +121,7 @@ def two_photos(tmp_path: Path) -> Path:
         Image.fromarray(trimap).save(base / "annotations" / "trimaps" / f"{name}.png")
     names = "".join(f"{name} 1 1 1\n" for name, *_ in PHOTOS)
     (base / "annotations" / "test.txt").write_text(names)
-    (base / "annotations" / "trainval.txt").write_text(names)
+    (base / "annotations" / "trainval.txt").write_text("spare 1 1 1\n")  # not a test name
     return tmp_path / "pets"
 
 
