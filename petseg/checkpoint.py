@@ -30,7 +30,14 @@ def load_module(ckpt_path: str | Path | None, article: bool = False) -> SegModul
             "(e.g. outputs/<date>/<time>/checkpoints/last.ckpt)"
         )
     try:
-        return SegModule.load_from_checkpoint(path, map_location="cpu", article_protocol=article)
+        net = torch.load(path, map_location="cpu", weights_only=False, mmap=True)[
+            "hyper_parameters"
+        ]["net"]
+        if net.get("encoder_weights"):  # the state dict holds them: fetch nothing (offline too)
+            net = {**net, "encoder_weights": None}
+        return SegModule.load_from_checkpoint(
+            path, map_location="cpu", article_protocol=article, net=net
+        )
     except Exception as e:  # torch.load and Lightning raise many types for a bad file
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
