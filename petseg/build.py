@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from petseg.errors import user_error
 from petseg.module import SegModule
+from petseg.precision import resolve_precision
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -26,6 +27,12 @@ def build(node: Any, **kwargs: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The Trainer of `cfg.trainer`, `precision: auto` resolved for its accelerator."""
+    precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.accelerator)
+    return build(cfg.trainer, precision=precision, **kwargs)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -24,6 +24,7 @@ PRECISIONS = (
     "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
     "transformer-engine", "transformer-engine-float16",
     32, 16, 64, "32", "16", "64", "bf16",
+    "auto",  # petseg's own: petseg.precision picks one of the above for the device
 )  # fmt: skip
 
 

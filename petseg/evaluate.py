@@ -19,7 +19,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from petseg.build import build, to_floats
+from petseg.build import build, build_trainer, to_floats
 from petseg.checkpoint import load_module
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.fullsize import FullSizeScorer, full_size_loader
@@ -79,7 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = load_module(cfg.get("ckpt_path"), article)
     datamodule = build(cfg.data)
     datamodule.check_source()
-    trainer: L.Trainer = build(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer = build_trainer(cfg, logger=False, enable_checkpointing=False)
     if resolution == "train":
         trainer.test(module, datamodule=datamodule, verbose=False)
     else:

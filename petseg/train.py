@@ -21,7 +21,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from petseg.build import build, build_callbacks, build_loggers, build_module, to_floats
+from petseg.build import (
+    build,
+    build_callbacks,
+    build_loggers,
+    build_module,
+    build_trainer,
+    to_floats,
+)
 from petseg.config import find_last_checkpoint, validate
 from petseg.errors import ConfigError, one_line, print_user_error, user_error
 from petseg.flops import mult_adds
@@ -275,7 +282,7 @@ def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
     stats = model_stats(module.net, cfg.data.image_size, cfg.model.get("in_channels", 3))
 
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = build(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers)
+    trainer = build_trainer(cfg, callbacks=build_callbacks(cfg), logger=loggers)
     guard.trainer = trainer
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **stats})

@@ -27,6 +27,7 @@ TINY = [
     "data.synthetic.size=48",
     "data.image_size=32",
     "model=segnet_dsc",
+    "trainer.precision=32-true",  # tests train in fp32 on any CPU (auto picks bf16 on some)
 ]
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -123,6 +124,7 @@ def cfg_factory(tmp_path: Path) -> Callable[..., DictConfig]:
             "data.pin_memory=false",
             "trainer.accelerator=cpu",
             "trainer.devices=1",
+            "trainer.precision=32-true",
         ]
         cfg = compose_config([*base, *overrides])
         with open_dict(cfg):

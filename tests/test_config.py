@@ -143,7 +143,7 @@ MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
             ["trainer.precision=bogus"],
             r"^trainer\.precision=bogus is not a Lightning precision: use one of 32-true, "
             r"16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, transformer-engine, "
-            r"transformer-engine-float16, 32, 16, 64, bf16$",
+            r"transformer-engine-float16, 32, 16, 64, bf16, auto$",
         ),
         (["trainer.precision=true"], r"^trainer\.precision=True is not a Lightning precision"),
     ],

@@ -52,7 +52,7 @@ def test_article_preset_is_the_notebooks_recipe(name: str) -> None:
     else:
         assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
         assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == steplr
-    assert cfg.trainer.max_epochs == epochs and cfg.trainer.precision == 32
+    assert cfg.trainer.max_epochs == epochs and cfg.trainer.precision == "32-true"
     if name == "article_segnet_iou":  # -log of the article's soft IoU
         assert cfg.loss._target_ == "petseg.losses.SoftIoULoss"
         assert (cfg.loss.form, cfg.loss.average, cfg.loss.smooth) == ("neg_log", "image", 0.001)

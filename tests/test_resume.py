@@ -29,6 +29,7 @@ RUN = [
     "model=segnet_dsc",
     "trainer.accelerator=cpu",
     "trainer.log_every_n_steps=1",
+    "trainer.precision=32-true",
     "callbacks.prediction_images=null",
     "logger=csv",
     "seed=5",
