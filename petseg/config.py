@@ -36,11 +36,15 @@ def model_names() -> list[str]:
 def model_stride(cfg: DictConfig) -> int:
     """The factor by which the network downsamples, read without building it.
 
-    A patch-based model's stride is its `patch_size`; the others declare a class attribute `stride`.
+    A patch-based model's stride is its `patch_size`; model=smp's depends on its node
+    (`stride_for`); the others declare a class attribute `stride`.
     """
     if cfg.model.get("patch_size"):
         return int(cfg.model.patch_size)
-    return int(getattr(get_class(cfg.model._target_), "stride", 1))
+    cls = get_class(cfg.model._target_)
+    if hasattr(cls, "stride_for"):
+        return int(cls.stride_for(cfg.model))
+    return int(getattr(cls, "stride", 1))
 
 
 def is_number(value: Any) -> bool:

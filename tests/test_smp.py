@@ -337,3 +337,13 @@ def test_finetune_experiment_composes(cfg_factory) -> None:
     assert isinstance(callback, FreezeEncoder) and callback.epochs == 2
     assert cfg.callbacks.model_checkpoint  # the default callbacks are still there
     assert compose_config(["model=smp"]).callbacks.get("freeze_encoder") is None  # off by default
+
+
+def test_validate_reads_a_shallow_encoders_stride() -> None:
+    """encoder_depth=4 downsamples by 16: 48 px fits, which the class-wide 32 would refuse."""
+    from petseg.config import model_stride
+
+    cfg = compose_config(
+        ["model=smp", "model.encoder_weights=null", "model.encoder_depth=4", "data.image_size=48"]
+    )
+    assert model_stride(cfg) == 16
