@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from petseg.build import build, build_trainer, to_floats
 from petseg.checkpoint import load_module
+from petseg.config import CONF_DIR
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.fullsize import FullSizeScorer, full_size_loader
 from petseg.metrics import article_protocol
@@ -98,7 +99,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         metrics = evaluate(cfg)

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from petseg.checkpoint import load_module, resolve_image_size
+from petseg.config import CONF_DIR
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.onnx import INPUT_NAME, export_onnx, latencies, ort_session, parity, require_onnx
 
@@ -110,7 +111,7 @@ def check_parity(result: dict[str, Any], atol: float, min_agreement: float) -> N
         )
 
 
-@hydra.main(config_path="../conf", config_name="export", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         result = export(cfg)

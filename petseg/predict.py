@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from petseg.checkpoint import load_module, resolve_device, resolve_image_size
+from petseg.config import CONF_DIR
 from petseg.data.transforms import eval_pipeline
 from petseg.errors import ConfigError, DataError, PetsegError, print_user_error
 from petseg.metrics import argmax_classes
@@ -227,7 +228,7 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:

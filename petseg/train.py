@@ -29,7 +29,8 @@ from petseg.build import (
     build_trainer,
     to_floats,
 )
-from petseg.config import find_last_checkpoint, validate
+from petseg.config import CONF_DIR, find_last_checkpoint, validate
+from petseg.console import print_config, quiet_known_noise
 from petseg.errors import ConfigError, one_line, print_user_error, user_error
 from petseg.flops import mult_adds
 from petseg.launch import setup_devices
@@ -92,27 +93,58 @@ def hydra_runtime() -> Any | None:
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def hydra_choices() -> dict[str, Any]:
+    """Hydra's group choices of this run (`model: vit_small`), {} outside a Hydra app."""
+    hc = hydra_runtime()
+    return {k: v for k, v in hc.runtime.choices.items() if v is not None} if hc else {}
+
+
+def sweep_group(hc: Any) -> str:
+    """A multirun's W&B group: its sweep folder's `<date>_<time>`, unique across days."""
+    folder = Path(hc.sweep.dir)
+    return f"{folder.parent.name}_{folder.name}"
+
+
 def name_wandb_run(cfg: DictConfig) -> None:
-    """W&B name `<model>-<loss>[-<job>]`, grouped by sweep, tagged with model and loss.
+    """W&B name `<model>-<loss>[-<job>]`, group = the sweep's date and time, job_type train or
+    debug, tags: the top-level `tags`, model and loss (and `debug`). A debug run stays offline.
 
     Fills only what the user left empty, so `logger.wandb.name=...` still wins.
     """
     if not cfg.get("logger") or "wandb" not in cfg.logger:
         return
     hc = hydra_runtime()
-    choices = dict(hc.runtime.choices) if hc else {}
+    choices = hydra_choices()
     model = choices.get("model") or cfg.model._target_.rsplit(".", 1)[-1].lower()
     loss = choices.get("loss") or cfg.loss._target_.rsplit(".", 1)[-1].lower()
     multirun = hc is not None and str(hc.mode) == "RunMode.MULTIRUN"
+    debug = bool(choices.get("debug"))
     wandb_cfg = cfg.logger.wandb
     with open_dict(cfg):
         if not wandb_cfg.get("name"):
             wandb_cfg.name = f"{model}-{loss}" + (f"-{hc.job.num}" if multirun else "")
         if not wandb_cfg.get("group") and multirun:
-            wandb_cfg.group = Path(hc.sweep.dir).name  # the sweep's <time> folder
-        wandb_cfg.tags = sorted({*(wandb_cfg.get("tags") or []), f"model:{model}", f"loss:{loss}"})
+            wandb_cfg.group = sweep_group(hc)
+        if not wandb_cfg.get("job_type"):
+            wandb_cfg.job_type = "debug" if debug else "train"
+        tags = {*(cfg.get("tags") or []), *(wandb_cfg.get("tags") or [])}
+        tags |= {f"model:{model}", f"loss:{loss}", *(["debug"] if debug else [])}
+        wandb_cfg.tags = sorted(tags)
+        if debug:
+            wandb_cfg.offline = True
+            wandb_cfg.log_model = False
         if not wandb_cfg.get("id"):  # chosen here so status.json can hold it for a resume
             wandb_cfg.id = secrets.token_hex(4)
+
+
+def run_hyperparams(cfg: DictConfig, stats: dict[str, int]) -> dict[str, Any]:
+    """What every logger records of a run: the composed config at the top level, Hydra's
+    choices and command-line overrides (`vit` vs `vit_small` share a `_target_`), the stats."""
+    hc = hydra_runtime()
+    overrides = list(hc.overrides.task) if hc else []
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    return {**config, "choices": hydra_choices(), "overrides": overrides, **stats}
 
 
 def wandb_id(cfg: DictConfig) -> str | None:
@@ -221,6 +253,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     failed, or interrupted (Interrupted, for SIGINT/SIGTERM: no test runs after it).
     """
     status = None
+    quiet_known_noise()
     try:
         with SigtermGuard() as guard:
             status = status_file(cfg)
@@ -236,6 +269,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             name_wandb_run(cfg)
             if status is not None:
                 status.write("running", wandb_id=wandb_id(cfg))
+                if cfg.get("print_config", True):
+                    print_config(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
             metrics = fit_and_test(cfg, guard)
     except BaseException as e:
         code, state, error = how_it_ended(e)
@@ -285,7 +320,7 @@ def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks=build_callbacks(cfg), logger=loggers)
     guard.trainer = trainer
     for logger in trainer.loggers:
-        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **stats})
+        logger.log_hyperparams(run_hyperparams(cfg, stats))
     if cfg.get("ckpt_path"):
         replay_csv_history(Path(cfg.ckpt_path), trainer.loggers)
     run_lightning(
@@ -306,7 +341,7 @@ class JobFailed(RuntimeError):
     """A multirun job's user-fixable failure: Hydra records it and runs the other jobs."""
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Exit code 0 completed, 1 failed, 128 + signal for SIGINT (130) or SIGTERM (143)."""
     try:
