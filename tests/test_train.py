@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from petseg.data.datamodule import PetDataModule
 from petseg.module import SegModule
-from petseg.train import train
+from petseg.train import name_wandb_run, train
 
 from conftest import CONF_DIR, TINY, compose_config, run_train, sweep_jobs
 
@@ -228,7 +229,6 @@ def test_cli_failed_sweep_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_wandb_run_named_from_hydra_choices(cfg_factory) -> None:
-    from petseg.train import name_wandb_run
 
     cfg = cfg_factory("loss=dice")
     name_wandb_run(cfg)  # outside a Hydra app: names come from the targets
@@ -237,3 +237,37 @@ def test_wandb_run_named_from_hydra_choices(cfg_factory) -> None:
     cfg = cfg_factory("logger.wandb.name=mine")
     name_wandb_run(cfg)
     assert cfg.logger.wandb.name == "mine" and len(cfg.logger.wandb.id) == 8
+
+
+def fake_hydra(sweep_dir: str, num: int = 0, debug: str | None = None) -> SimpleNamespace:
+    """The parts of Hydra's runtime config name_wandb_run reads, for a multirun job."""
+    choices = {"model": "vit_small", "loss": "dice", "debug": debug}
+    return SimpleNamespace(
+        mode="RunMode.MULTIRUN",
+        sweep=SimpleNamespace(dir=sweep_dir),
+        job=SimpleNamespace(num=num),
+        runtime=SimpleNamespace(choices=choices),
+        overrides=SimpleNamespace(task=["model=vit_small"]),
+    )
+
+
+def test_wandb_groups_of_sweeps_on_different_days_differ(cfg_factory, monkeypatch) -> None:
+    import petseg.train
+
+    groups = []
+    for day in ("2026-12-01", "2026-12-02"):  # same time of day: the old group was HH-MM-SS only
+        hydra = fake_hydra(f"outputs/multirun/{day}/10-00-00", num=3)
+        monkeypatch.setattr(petseg.train, "hydra_runtime", lambda hydra=hydra: hydra)
+        cfg = cfg_factory("tags=[baseline]")
+        name_wandb_run(cfg)
+        groups.append(cfg.logger.wandb.group)
+        assert cfg.logger.wandb.name == "vit_small-dice-3" and cfg.logger.wandb.job_type == "train"
+        assert {"baseline", "model:vit_small", "loss:dice"} <= set(cfg.logger.wandb.tags)
+    assert groups == ["2026-12-01_10-00-00", "2026-12-02_10-00-00"]
+
+    hydra = fake_hydra("outputs/multirun/2026-12-02/10-00-00", debug="fdr")
+    monkeypatch.setattr(petseg.train, "hydra_runtime", lambda: hydra)
+    cfg = cfg_factory("logger.wandb.offline=false")
+    name_wandb_run(cfg)
+    assert cfg.logger.wandb.job_type == "debug" and "debug" in cfg.logger.wandb.tags
+    assert cfg.logger.wandb.offline is True  # a debug run never goes online
