@@ -271,3 +271,39 @@ def test_wandb_groups_of_sweeps_on_different_days_differ(cfg_factory, monkeypatc
     name_wandb_run(cfg)
     assert cfg.logger.wandb.job_type == "debug" and "debug" in cfg.logger.wandb.tags
     assert cfg.logger.wandb.offline is True  # a debug run never goes online
+
+
+def test_tensorboard_logger_writes_val_miou(cfg_factory) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = cfg_factory(*TINY, "trainer.max_epochs=1", "test=false", "logger=tensorboard")
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
+    assert "val/miou" in events.Tags()["scalars"]
+    assert (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").is_file()  # report still reads it
+
+
+def test_mlflow_logger_writes_a_local_run_with_val_miou(cfg_factory, tmp_path: Path) -> None:
+    import mlflow
+
+    cfg = cfg_factory(*TINY, "trainer.max_epochs=1", "test=false", "logger=mlflow", "tags=[t1]")
+    assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path}/outputs/mlflow.db"
+    train(cfg)
+    client = mlflow.MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("petseg").experiment_id])
+    assert "val/miou" in run.data.metrics and "t1" in run.data.params["tags"]
+
+
+def test_early_stopping_ends_a_fit_whose_val_miou_stalls(cfg_factory) -> None:
+    cfg = cfg_factory(
+        *TINY,
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=1.0",
+        "trainer.max_epochs=5",
+        "test=false",
+    )  # no epoch can gain 1.0 mIoU: the fit stops after epoch 1
+    train(cfg)
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
+        epochs = {r["epoch"] for r in csv.DictReader(f) if r["val/miou"]}
+    assert epochs == {"0", "1"}
