@@ -65,6 +65,7 @@ def test_datamodule_rejects_a_class_count_that_does_not_match() -> None:
 
     with pytest.raises(ConfigError, match=r"data\.num_classes=3 but data\.labels=binary"):
         PetDataModule(num_classes=3, labels="binary")
+    assert PetDataModule(num_classes=2, border="ignore").class_names == ["pet", "background"]
 
 
 def test_decoded_cache_is_shared_by_every_choice(cfg_factory) -> None:

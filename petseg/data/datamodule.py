@@ -157,6 +157,7 @@ class PetDataModule(L.LightningDataModule):
         # Trimap labels -> training labels, applied after the transforms (PetTrimaps.to_labels).
         self.labels = labels
         self.border = border
+        self.class_names = classes  # what a checkpoint to evaluate on this data must predict
         # HorizontalFlip and ColorJitter move from the workers to the batch on the device.
         self.device_augment: FlipJitter | None = None
         if gpu_augment:
