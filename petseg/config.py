@@ -14,6 +14,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
+from petseg.data.oxford import IGNORE_INDEX, check_label_choice
 from petseg.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -95,6 +96,40 @@ def check_image_size(cfg: DictConfig) -> None:
         )
 
 
+def loss_ignore_indices(node: Any, key: str = "loss") -> dict[str, Any]:
+    """Every `ignore_index` in the loss config (a combo's terms too), by its key."""
+    found: dict[str, Any] = {}
+    if isinstance(node, DictConfig):
+        for k, v in node.items():
+            if k == "ignore_index":
+                found[f"{key}.{k}"] = v
+            else:
+                found.update(loss_ignore_indices(v, f"{key}.{k}"))
+    return found
+
+
+def check_labels(cfg: DictConfig) -> None:
+    """data.labels / data.border are known choices (before class_names, which they select), and
+    border=ignore's label is the one the loss and the metrics ignore (SegModule's metrics take
+    loss.ignore_index, -100 when unset)."""
+    labels, border = cfg.data.get("labels", "trimap"), cfg.data.get("border", "keep")
+    check_label_choice(labels, border)
+    if border != "ignore":
+        return
+    for key, value in loss_ignore_indices(cfg.loss).items():
+        if value != IGNORE_INDEX:
+            raise ConfigError(
+                f"data.border=ignore labels border pixels {IGNORE_INDEX}, but {key}={value} "
+                f"ignores another label: set {key}={IGNORE_INDEX} (border pixels are then left "
+                "out of the loss and the metrics)"
+            )
+    if cfg.get("metrics", {}).get("article_protocol"):
+        raise ConfigError(
+            "metrics.article_protocol=true scores every pixel as the article did: it needs "
+            "data.border=keep"
+        )
+
+
 def check_classes(cfg: DictConfig) -> None:
     num_classes = int(cfg.data.num_classes)
     if len(cfg.class_names) != num_classes:
@@ -110,9 +145,16 @@ def check_classes(cfg: DictConfig) -> None:
         )
     ignore = cfg.loss.get("ignore_index")
     if ignore is not None and ignore >= num_classes:
+        classes = ", ".join(f"{i} = {name}" for i, name in enumerate(cfg.class_names))
         raise ConfigError(
             f"loss.ignore_index={ignore} is out of range: use a class index 0..{num_classes - 1} "
-            "to leave that class out of the loss (2 = border), or -100 to ignore nothing"
+            f"to leave that class out of the loss ({classes}), or -100 to ignore nothing"
+        )
+    weight = cfg.loss.get("weight")
+    if isinstance(weight, ListConfig) and len(weight) != num_classes:
+        raise ConfigError(
+            f"loss.weight has {len(weight)} values but there are {num_classes} classes "
+            f"({', '.join(cfg.class_names)}): give one per class, or loss.weight=auto"
         )
 
 
@@ -206,6 +248,7 @@ def validate(cfg: DictConfig) -> None:
     check_optimizer(cfg)
     check_epochs(cfg)
     check_precision(cfg)
+    check_labels(cfg)  # before check_classes: the labels choice selects the classes
     check_classes(cfg)
     check_switches(cfg)
     check_checkpoint(cfg)

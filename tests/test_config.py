@@ -146,6 +146,34 @@ MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
             r"transformer-engine-float16, 32, 16, 64, bf16, auto$",
         ),
         (["trainer.precision=true"], r"^trainer\.precision=True is not a Lightning precision"),
+        (["data.labels=pets"], r"^data\.labels=pets is not one of trimap, binary$"),
+        (["data.border=drop"], r"^data\.border=drop is not one of keep, ignore$"),
+        (
+            ["data.border=ignore", "loss.ignore_index=1"],
+            r"^data\.border=ignore labels border pixels -100, but loss\.ignore_index=1 ignores "
+            r"another label: set loss\.ignore_index=-100",
+        ),
+        (
+            ["data.border=ignore", "loss=combo", "loss.losses.dice.ignore_index=0"],
+            r"^data\.border=ignore .* but loss\.losses\.dice\.ignore_index=0 ignores",
+        ),
+        (
+            ["data.border=ignore", "metrics.article_protocol=true"],
+            r"^metrics\.article_protocol=true .* needs data\.border=keep$",
+        ),
+        (
+            ["data.labels=binary", "loss.ignore_index=2"],
+            r"^loss\.ignore_index=2 is out of range: use a class index 0\.\.1 to leave that class "
+            r"out of the loss \(0 = pet, 1 = background\)",
+        ),
+        (
+            ["data.labels=binary", "data.num_classes=3"],
+            r"^class_names has 2 names but data\.num_classes=3",
+        ),
+        (
+            ["data.labels=binary", "loss=weighted_ce", "loss.weight=[1,1,1]"],
+            r"^loss\.weight has 3 values but there are 2 classes \(pet, background\)",
+        ),
     ],
 )
 def test_validate_names_the_key_and_the_fix(overrides, message, cfg_factory) -> None:
@@ -164,6 +192,16 @@ def test_every_model_is_checked_against_the_data_classes(model: str) -> None:
     assert cfg.model.num_classes == cfg.data.num_classes == 3  # every model yaml has the key
     with pytest.raises(ConfigError, match=r"^model\.num_classes=2 but the data has"):
         validate(compose_config([f"model={model}", "model.num_classes=2"]))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("choice", ["data.labels=binary", "data.border=ignore"])
+def test_every_model_follows_the_labels_choice(model: str, choice: str) -> None:
+    from petseg.config import validate
+
+    cfg = compose_config([f"model={model}", "trainer.accelerator=cpu", choice])
+    assert cfg.model.num_classes == cfg.data.num_classes == len(cfg.class_names) == 2
+    validate(cfg)
 
 
 @pytest.mark.parametrize("precision", ["32", "16-mixed", "bf16-mixed", "bf16", "64-true"])

@@ -224,6 +224,23 @@ def test_real_subset_loads(pets_mini: Path, tmp_path: Path, monkeypatch) -> None
     assert counts[1] > counts[2] and counts[0] > counts[2]
 
 
+@pytest.mark.parametrize(
+    ("labels", "border", "expected"),
+    [
+        ("trimap", "keep", lambda pet, bg, border: [pet, bg, border]),
+        ("binary", "keep", lambda pet, bg, border: [pet + border, bg]),  # border counts as pet
+        ("trimap", "ignore", lambda pet, bg, border: [pet, bg]),  # border counts for no class
+        ("binary", "ignore", lambda pet, bg, border: [pet, bg]),
+    ],
+)
+def test_class_pixel_counts_follow_the_labels(tiny_pets: Path, labels, border, expected) -> None:
+    """loss.weight=auto's counts: per training class of data.labels / data.border."""
+    trimap = PetDataModule(tiny_pets, download=False).class_pixel_counts()
+    num_classes = 3 if (labels, border) == ("trimap", "keep") else 2
+    dm = PetDataModule(tiny_pets, False, num_classes=num_classes, labels=labels, border=border)
+    assert dm.class_pixel_counts().tolist() == expected(*trimap.tolist())
+
+
 def test_epoch_sampler_order_and_augmentation_depend_on_seed_and_epoch_only(tiny_pets: Path):
     """What a resumed run needs: epoch e's batches equal the uninterrupted run's epoch e."""
     from petseg.data.sampler import EpochSampler

@@ -18,7 +18,14 @@ from petseg.data.cache import DecodedArrays, ensure_cache
 from petseg.data.exclude import check_split_overlap, usable_names
 from petseg.data.gpu_augment import FlipJitter, split_transforms
 from petseg.data.layout import BASE_FOLDER, find_base, no_dataset, sample_paths
-from petseg.data.oxford import PetTrimaps, SubstituteBad, load_trimap, read_split
+from petseg.data.oxford import (
+    PetTrimaps,
+    SubstituteBad,
+    class_names_of,
+    label_table,
+    load_trimap,
+    read_split,
+)
 from petseg.data.sampler import EpochSampler, sample_seed
 from petseg.data.synthetic import ensure_synthetic
 from petseg.data.transforms import IMAGE_INTERPOLATIONS, eval_pipeline, train_pipeline
@@ -53,6 +60,10 @@ class PetDataModule(L.LightningDataModule):
 
     val_fraction=0: no split, as in the article: train on all of trainval, and val is the test
     list (through eval_augment's pipeline when set), so val scores are test scores.
+
+    labels / border (data.labels, data.border) choose the classes: trimap (pet, background,
+    border), binary (pet with its border, background), border=ignore (pet, background; border
+    pixels labelled IGNORE_INDEX). num_classes must match (the yaml derives it).
     """
 
     def __init__(
@@ -77,8 +88,17 @@ class PetDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         eval_shuffle: bool = False,
         drop_last: bool = True,
+        labels: str = "trimap",
+        border: str = "keep",
     ) -> None:
         super().__init__()
+        classes = class_names_of(labels, border)
+        if num_classes != len(classes):
+            raise ConfigError(
+                f"data.num_classes={num_classes} but data.labels={labels} data.border={border} "
+                f"trains {len(classes)} classes ({', '.join(classes)}): drop the data.num_classes "
+                "override (it follows data.labels and data.border)"
+            )
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(
                 f"data.val_fraction must be in (0, 1), got {val_fraction}; or 0 for no "
@@ -134,6 +154,10 @@ class PetDataModule(L.LightningDataModule):
         self.eval_shuffle = eval_shuffle
         # Drop the last, partial training batch (the article's DataLoader kept it).
         self.drop_last = drop_last
+        # Trimap labels -> training labels, applied after the transforms (PetTrimaps.to_labels).
+        self.labels = labels
+        self.border = border
+        self.class_names = classes  # what a checkpoint to evaluate on this data must predict
         # HorizontalFlip and ColorJitter move from the workers to the batch on the device.
         self.device_augment: FlipJitter | None = None
         if gpu_augment:
@@ -198,13 +222,17 @@ class PetDataModule(L.LightningDataModule):
         return train, val
 
     def class_pixel_counts(self) -> torch.Tensor:
-        """Pixels per class over the training split's trimaps (for `loss.weight=auto`)."""
+        """Pixels per class over the training split's trimaps (for `loss.weight=auto`); ignored
+        pixels (data.border=ignore) count for no class."""
         self.prepare_data()
         base = self.base()
+        table = label_table(self.labels, self.border)
         counts = torch.zeros(self.num_classes, dtype=torch.float64)
         for name in self.usable({"train": self.split_names()[0]})["train"]:
-            labels = load_trimap(sample_paths(base, name)[1])
-            counts += torch.from_numpy(np.bincount(labels.ravel(), minlength=self.num_classes))
+            labels = torch.from_numpy(load_trimap(sample_paths(base, name)[1])).long().ravel()
+            labels = labels if table is None else table[labels]
+            labels = labels[(labels >= 0) & (labels < self.num_classes)]
+            counts += torch.bincount(labels, minlength=self.num_classes).double()
         return counts
 
     def usable(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -217,6 +245,12 @@ class PetDataModule(L.LightningDataModule):
             return None
         return ensure_cache(self.base(), names, self.cache_size, label)
 
+    def dataset(
+        self, names: list[str], transform: Any, size: int | None, rows: DecodedArrays | None
+    ) -> PetTrimaps:
+        """A split's PetTrimaps, with this module's labels."""
+        return PetTrimaps(self.base(), names, transform, size, rows, self.labels, self.border)
+
     def setup(self, stage: str | None = None) -> None:
         base = self.base()
         check_split_overlap(base, self.root)
@@ -227,9 +261,9 @@ class PetDataModule(L.LightningDataModule):
         evaluate = augment if self.eval_augment else eval_pipeline(self.image_size, interpolation)
         if stage in (None, "fit", "validate") and self.train_set is None and not self.val_fraction:
             train = self.usable({"train": self.split_names()[0]})["train"]
-            self.train_set = PetTrimaps(base, train, augment, size, self.decoded(train, "trainval"))
+            self.train_set = self.dataset(train, augment, size, self.decoded(train, "trainval"))
             test = self.usable({"test": read_split(base, "test")})["test"]
-            self.val_set = PetTrimaps(base, test, evaluate, size, self.decoded(test, "test"))
+            self.val_set = self.dataset(test, evaluate, size, self.decoded(test, "test"))
         if stage in (None, "fit", "validate") and self.train_set is None:
             train, val = self.split_names()
             usable = self.usable({"train": train, "val": val})
@@ -237,11 +271,11 @@ class PetDataModule(L.LightningDataModule):
             cached = self.decoded([*usable["train"], *usable["val"]], "trainval")
             train_rows = cached.select(usable["train"]) if cached is not None else None
             val_rows = cached.select(usable["val"]) if cached is not None else None
-            self.train_set = PetTrimaps(base, usable["train"], augment, size, train_rows)
-            self.val_set = PetTrimaps(base, usable["val"], evaluate, size, val_rows)
+            self.train_set = self.dataset(usable["train"], augment, size, train_rows)
+            self.val_set = self.dataset(usable["val"], evaluate, size, val_rows)
         if stage in (None, "test", "predict") and self.test_set is None:
             test = self.usable({"test": read_split(base, "test")})["test"]
-            self.test_set = PetTrimaps(base, test, evaluate, size, self.decoded(test, "test"))
+            self.test_set = self.dataset(test, evaluate, size, self.decoded(test, "test"))
 
     def _loader(self, dataset: PetTrimaps | None, shuffle: bool, train: bool = True) -> DataLoader:
         assert dataset is not None, "call setup() first"

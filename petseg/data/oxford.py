@@ -14,12 +14,18 @@ from torch.utils.data import Dataset
 
 from petseg.data.layout import sample_paths, split_file, split_names, split_path
 from petseg.data.transforms import resize_image, resize_labels
-from petseg.errors import DataError
+from petseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from petseg.data.cache import DecodedArrays
 
 NUM_CLASSES = 3  # trimap 1 pet, 2 background, 3 border -> labels 0, 1, 2
+BORDER = 2  # the border's label in load_trimap's output
+# The label of ignored pixels (data.border=ignore): torch's cross-entropy default and every loss
+# yaml's `ignore_index`, so loss and metrics leave them out with no setting of their own.
+IGNORE_INDEX = -100
+LABELS = ("trimap", "binary")  # data.labels
+BORDERS = ("keep", "ignore")  # data.border
 
 Transform = Callable[..., dict]
 
@@ -79,6 +85,35 @@ def load_trimap(path: Path) -> np.ndarray:
     return raw - 1
 
 
+def check_label_choice(labels: str, border: str) -> None:
+    if labels not in LABELS:
+        raise ConfigError(f"data.labels={labels} is not one of {', '.join(LABELS)}")
+    if border not in BORDERS:
+        raise ConfigError(f"data.border={border} is not one of {', '.join(BORDERS)}")
+
+
+def class_names_of(labels: str = "trimap", border: str = "keep") -> list[str]:
+    """The classes a data.labels / data.border choice trains, in label order."""
+    check_label_choice(labels, border)
+    border_class = (labels, border) == ("trimap", "keep")
+    return ["pet", "background", "border"] if border_class else ["pet", "background"]
+
+
+def label_table(labels: str = "trimap", border: str = "keep") -> torch.Tensor | None:
+    """Lookup table int64 (256,) from load_trimap's labels to the training labels; None: as is.
+
+    trimap/keep: 0 pet, 1 background, 2 border. binary: the border counts as pet (0), as in
+    segmentation_models.pytorch's Oxford-IIIT Pet example. border=ignore: the border is
+    IGNORE_INDEX under either. Values above 2 (a transform's mask fill) pass through unchanged.
+    """
+    check_label_choice(labels, border)
+    if (labels, border) == ("trimap", "keep"):
+        return None
+    table = torch.arange(256)
+    table[BORDER] = IGNORE_INDEX if border == "ignore" else 0
+    return table
+
+
 def load_pair(
     image_path: Path, trimap_path: Path, size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +139,9 @@ class PetTrimaps(Dataset):
 
     Files are read at size x size (load_pair's `size`; None: full size). With `cache`
     (rows of petseg.data.cache's decoded arrays, one per name, built by load_pair too) samples
-    come from those arrays instead of the JPEG/PNG files.
+    come from those arrays instead of the JPEG/PNG files. `labels` / `border` (data.labels,
+    data.border) map the trimap's labels after the transforms (label_table), so the files, the
+    decoded cache and the augmentations stay those of the trimap whatever the choice.
     """
 
     def __init__(
@@ -114,8 +151,11 @@ class PetTrimaps(Dataset):
         transform: Transform,
         size: int | None = None,
         cache: DecodedArrays | None = None,
+        labels: str = "trimap",
+        border: str = "keep",
     ) -> None:
         self.base = Path(base)
+        self.table = label_table(labels, border)
         self.names = list(names)
         self.transform = transform
         self.size = size
@@ -126,6 +166,10 @@ class PetTrimaps(Dataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def to_labels(self, trimap: torch.Tensor) -> torch.Tensor:
+        """load_trimap's labels (int64, any shape) as this dataset's training labels."""
+        return trimap if self.table is None else self.table[trimap]
 
     def paths(self, index: int) -> tuple[Path, Path]:
         return sample_paths(self.base, self.names[index])
@@ -160,7 +204,7 @@ class PetTrimaps(Dataset):
         image_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
         return {
             "image": image_t.float().div_(255.0),  # (3, H, W) in [0, 1]
-            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),  # (H, W)
+            "mask": self.to_labels(torch.from_numpy(np.ascontiguousarray(out["mask"])).long()),
         }
 
 
