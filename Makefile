@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train demo test test-all lint format summary bench export clean
+.PHONY: help install train demo test test-gpu lint format summary bench export clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,36 +14,39 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q $(TORCH) -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-train: $(STAMP)
+install: $(STAMP)  ## create .venv and install petseg with torch pinned
+
+train: $(STAMP)  ## python -m petseg.train $(ARGS)
 	$(PY) -m petseg.train $(ARGS)
 
-demo: $(STAMP)
+demo: $(STAMP)  ## 2 epochs on a generated dataset, 64 px
 	$(PY) -m petseg.train data=synthetic trainer.max_epochs=2 data.image_size=64 $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP)  ## the suite (all but gpu tests)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not gpu" $(ARGS)
 
-test-gpu: $(STAMP)
+test-gpu: $(STAMP)  ## the tests that need a CUDA device
 	WANDB_MODE=disabled $(PY) -m pytest -m gpu $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check + format check
 	$(VENV)/bin/ruff check petseg tests
 	$(VENV)/bin/ruff format --check petseg tests
 
-format: $(STAMP)
+format: $(STAMP)  ## ruff fix + format
 	$(VENV)/bin/ruff check --fix petseg tests
 	$(VENV)/bin/ruff format petseg tests
 
-summary: $(STAMP)
+summary: $(STAMP)  ## parameters and mult-adds of every model
 	$(PY) -m petseg.summary $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP)  ## speed ratios (pipeline, Lightning vs plain loop, models)
 	$(PY) -m petseg.bench $(ARGS)
 
-export: $(STAMP)
+export: $(STAMP)  ## python -m petseg.export $(ARGS) (ONNX)
 	$(PY) -m petseg.export $(ARGS)
 
-clean:
+clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
