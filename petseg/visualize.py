@@ -8,7 +8,9 @@ and W&B mask overlays when W&B logs.
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,8 +160,33 @@ def save_gif(frames: Sequence[str | Path], path: str | Path, duration_ms: int = 
     return path
 
 
+def spread_over_breeds(names: Sequence[str], count: int, seed: int = 0) -> list[int]:
+    """Indices of `count` names spread over breeds and both species, chosen with `seed`.
+
+    Oxford-IIIT Pet names are `<Breed>_<n>`, cat breeds capitalised, dog breeds not: cats and
+    dogs alternate, one image per breed before any breed repeats.
+    """
+    rng = random.Random(seed)
+    by_breed: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        by_breed.setdefault(name.rsplit("_", 1)[0], []).append(index)
+    for indices in by_breed.values():
+        rng.shuffle(indices)
+    species = [sorted(b for b in by_breed if b[:1].isupper() == cat) for cat in (True, False)]
+    for breeds in species:
+        rng.shuffle(breeds)
+    order = [b for pair in itertools.zip_longest(*species) for b in pair if b is not None]
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(names)):
+        for breed in order:
+            if by_breed[breed] and len(chosen) < count:
+                chosen.append(by_breed[breed].pop())
+    return chosen
+
+
 class PredictionImages(L.Callback):
-    """The first `num_images` validation images with true and predicted masks, per val epoch.
+    """`num_images` validation images spread over breeds, with true and predicted masks, per
+    val epoch.
 
     Always writes `<default_root_dir>/predictions/epoch_NNN.png` (and `evolution.gif` at the end
     of fit, when `gif`); with a WandbLogger also logs `val/predictions` as W&B mask overlays, at
@@ -186,13 +213,19 @@ class PredictionImages(L.Callback):
         self._samples: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _fixed_samples(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first images of the val set, read once: the same pictures every epoch."""
+        """Val images spread over breeds (seeded), read once: the same pictures every epoch."""
         if self._samples is None:
             dataset = getattr(trainer.datamodule, "val_set", None)
             if dataset is None:
                 loaders = trainer.val_dataloaders
                 dataset = (loaders[0] if isinstance(loaders, list | tuple) else loaders).dataset
-            items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+            names = getattr(dataset, "names", None)
+            indices = (
+                spread_over_breeds(names, self.num_images)
+                if names
+                else range(min(self.num_images, len(dataset)))
+            )
+            items = [dataset[i] for i in indices]
             images = torch.stack([item["image"] for item in items])  # (N, 3, H, W)
             masks = torch.stack([item["mask"] for item in items])  # (N, H, W)
             self._samples = images, masks

@@ -22,6 +22,7 @@ from petseg.visualize import (
     colorize,
     prediction_grid,
     save_gif,
+    spread_over_breeds,
     tile_scale,
     to_rgb,
 )
@@ -170,7 +171,8 @@ def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> 
     metrics = train(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    val_masks = [datamodule.val_set[i]["mask"].numpy() for i in range(len(datamodule.val_set))]
+    pictured = spread_over_breeds(datamodule.val_set.names, 8)  # the callback's (seeded) order
+    val_masks = [datamodule.val_set[i]["mask"].numpy() for i in pictured]
     assert len(val_masks) == 2
 
     # Local: one grid per epoch (not the sanity check), 2 rows x 3 tiles of 96 px, and the GIF.
@@ -343,3 +345,23 @@ def test_pictures_go_to_wandb_at_the_step_of_their_scores(tmp_path: Path, monkey
         step_of(spy.calls, "val/confusion") == step_of(spy.calls, "val/confusion_table") == scores
     )
     assert step_of(spy.calls, "test/confusion") == step_of(spy.calls, "test/miou") == [6]
+
+
+@pytest.mark.realdata
+def test_pictured_val_images_of_pets_mini_span_breeds_and_species(pets_mini: Path) -> None:
+    from petseg.data.datamodule import PetDataModule
+
+    _, val = PetDataModule(root=pets_mini, download=False).split_names()  # reads the lists only
+    assert all(n.startswith("Abyssinian") for n in sorted(val)[:8])  # what "the first 8" showed
+    chosen = [val[i] for i in spread_over_breeds(val, 8)]
+    breeds = {n.rsplit("_", 1)[0] for n in chosen}
+    assert len(chosen) == len(set(chosen)) == 8 and len(breeds) == 8
+    assert {b[:1].isupper() for b in breeds} == {True, False}  # cats and dogs
+    assert chosen == [val[i] for i in spread_over_breeds(val, 8)]  # seeded: every run the same
+
+
+def test_spread_over_breeds_repeats_a_breed_only_when_it_must() -> None:
+    names = ["Bengal_1", "Bengal_2", "Bengal_3", "pug_1"]
+    chosen = [names[i] for i in spread_over_breeds(names, 3)]
+    assert "pug_1" in chosen and len(set(chosen)) == 3
+    assert sorted(spread_over_breeds(["synthetic_1", "synthetic_2"], 5)) == [0, 1]
