@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from petseg.atomic import atomic_open
 from petseg.data.layout import cache_place, sample_files, sample_paths
@@ -195,7 +196,9 @@ def build(
             files = {file: stack.enter_context(atomic_open(folder / file)) for file in layout}
             for file, shape in layout.items():
                 write_header(files[file], shape, hashers[file])
-            for arrays in pool.map(decode, names):  # in order: row i is names[i]
+            decoded = pool.map(decode, names)  # in order: row i is names[i]
+            bar = tqdm(decoded, total=len(names), desc="decoded cache", unit="img", disable=None)
+            for arrays in bar:
                 for file, array in zip(layout, arrays, strict=True):
                     data = np.ascontiguousarray(array, dtype=np.uint8).data
                     files[file].write(data)

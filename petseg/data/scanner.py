@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from petseg.atomic import atomic_open
 from petseg.data.faults import Report, judge
@@ -105,7 +106,9 @@ def scan(
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
         paths, trimap = [base / r for r in todo], [r.startswith("annotations/") for r in todo]
-        for rel, info in zip(todo, pool.map(inspect_file, paths, trimap), strict=True):
+        found = pool.map(inspect_file, paths, trimap)
+        bar = tqdm(found, total=len(todo), desc="scanning files", unit="file", disable=None)
+        for rel, info in zip(todo, bar, strict=True):
             infos[rel] = info
             entries[rel] = [*keys[rel], info]
     if cache and (todo or changed):
