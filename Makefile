@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train demo test test-all lint format summary bench export clean
+.PHONY: install train demo test test-all lint format summary bench export gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(STAMP)
 
 export: $(STAMP)
 	$(PY) -m petseg.export $(ARGS)
+
+# Every GPU path in one run of < 6 min (petseg/gpucheck.py): outputs/gpu-check/latest.{json,md};
+# without a GPU, a CPU dry run at tiny sizes. ARGS=--dry-run forces that.
+gpu-check: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m petseg.gpucheck $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
