@@ -1,7 +1,7 @@
 """`python -m petseg.gpucheck` (`make gpu-check`): every GPU path of petseg in one run of < 6 min.
 
 For a machine with one GPU lent for a few minutes: one prepared run, stages in this order, each
-with its own time cap inside one overall budget (default 330 s; a stage that does not fit, or is
+with its own time cap inside one overall budget (default 320 s; a stage that does not fit, or is
 cut by the budget's watchdog, is `skipped`, not failed):
   data        a trainval set at Oxford-IIIT Pet sizes (500x375 JPEGs, 3,680 images), made once in
               parallel and cached in the user cache; meanwhile a 1-GPU `trainer=ddp` run and a 2-job
@@ -81,8 +81,10 @@ MODELS = {
 }
 VARIANTS = {"eager": [], "channels_last": ["perf.channels_last=true"]}
 COMPILED = "compile+channels_last"
-# Compiled vs eager logits (bf16 autocast, eval): relative Frobenius error ||c - e|| / ||e||.
-COMPILE_RTOL = {"bf16-mixed": 0.05, "32-true": 1e-3}
+# Compiled vs eager logits (eval, same weights and input): relative Frobenius error
+# ||c - e|| / ||e||. bf16 rounds to ~0.4% per op and inductor fuses ops in fp32, over ~25 layers
+# a few % apart; a broken graph is O(1) off. The dry run compiles with the eager backend: exact.
+COMPILE_RTOL = {"bf16-mixed": 0.1, "32-true": 1e-3}
 FUSED_ATOL = 1e-5  # max |fused - unfused| parameter difference after 10 Adam steps at lr 1e-3
 AUGMENT_TOL = {"flip_rate": 0.1, "jitter_rate": 0.1, "ratio_mean": 0.03, "ratio_std": 0.03}
 
@@ -156,6 +158,7 @@ def write_samples(base: str, first: int, stop: int, width: int, height: int, see
     from petseg.data.layout import sample_paths
     from petseg.data.synthetic import make_sample
 
+    cv2.setNumThreads(1)  # one process per core already
     for i in range(first, stop):
         image, trimap = make_sample(np.random.default_rng([seed, i]), max(width, height))
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
@@ -692,7 +695,7 @@ def device_info(dry_run: bool) -> dict[str, Any]:
 
 
 def run_check(
-    dry_run: bool, out: Path, data_root: Path | None = None, budget_s: float = 330.0,
+    dry_run: bool, out: Path, data_root: Path | None = None, budget_s: float = 320.0,
     sizes: Sizes | None = None, watchdog: bool = True,
 ) -> Report:  # fmt: skip
     """Every stage within budget_s of the module's import (the process start); the report."""
@@ -755,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        default=330.0,
+        default=320.0,
         help="seconds from the start by which every stage has stopped",
     )
     args = parser.parse_args(argv)  # fmt: skip
