@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install train demo test test-gpu lint format summary bench export clean
+.PHONY: help install train demo test test-gpu lint format summary bench export gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(STAMP)  ## speed ratios (pipeline, Lightning vs plain loop, models)
 
 export: $(STAMP)  ## python -m petseg.export $(ARGS) (ONNX)
 	$(PY) -m petseg.export $(ARGS)
+
+# Every GPU path in one run of < 6 min (petseg/gpucheck.py): outputs/gpu-check/latest.{json,md};
+# without a GPU, a CPU dry run at tiny sizes. ARGS=--dry-run forces that.
+gpu-check: $(STAMP)  ## every GPU path in one run (< 6 min); a CPU dry run without a GPU
+	WANDB_MODE=disabled $(PY) -m petseg.gpucheck $(ARGS)
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
