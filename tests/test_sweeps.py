@@ -350,3 +350,30 @@ def test_ddp_two_cpu_processes_log_from_rank_zero_only(tmp_path: Path) -> None:
     assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1
     assert not list(run_dir.rglob("*.tmp"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_pool_jobs_load_with_dataloader_workers(tmp_path: Path) -> None:
+    """Inside a joblib (loky) worker the default start method is loky's, which DataLoader workers
+    could not start with: the job failed with "'Process' object has no attribute 'env'"."""
+    proc = run_train(
+        "-m",
+        "hydra/launcher=gpu_pool",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        *TINY,
+        "data.num_workers=1",
+        "trainer.max_epochs=1",
+        "test=false",
+        "logger=csv",
+        "trainer.accelerator=cpu",
+        f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
+        CUDA_VISIBLE_DEVICES="",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pickle error" not in proc.stderr
+    states = [
+        json.loads((job / "status.json").read_text())["status"] for job in sweep_jobs(tmp_path)
+    ]
+    assert states == ["completed", "completed"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,14 @@ def auto_workers() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
+
+
+def worker_context(num_workers: int) -> str | None:
+    """The DataLoader workers' start method: the platform's, also inside a joblib (loky) worker
+    (hydra/launcher=gpu_pool), whose default `loky` method DataLoader workers cannot start with."""
+    if num_workers == 0 or mp.get_start_method(allow_none=True) != "loky":
+        return None
+    return "fork" if sys.platform == "linux" else "spawn"
 
 
 class PetDataModule(L.LightningDataModule):
@@ -291,6 +301,7 @@ class PetDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_context(self.num_workers),
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
