@@ -1,4 +1,7 @@
-"""Checkpoints written atomically: a kill mid-write leaves the previous file, never a torn one."""
+"""Checkpoints written atomically: a kill mid-write leaves the previous file, never a torn one.
+
+Lightning's TorchCheckpointIO writes in place: a kill or a full disk mid-save leaves a torn file.
+"""
 
 from __future__ import annotations
 
