@@ -1,6 +1,7 @@
 """Checkpoints written atomically: a kill mid-write leaves the previous file, never a torn one.
 
-Lightning's TorchCheckpointIO writes in place: a kill or a full disk mid-save leaves a torn file.
+Lightning's own save moves a temp file into place (fsspec) but never fsyncs, and a full disk
+surfaces as torch's `unexpected pos`; this one fsyncs and names the folder.
 """
 
 from __future__ import annotations
