@@ -138,13 +138,12 @@ class SegModule(L.LightningModule):
         self.best_val_miou: float | None = None
         self.best_val_epoch: int | None = None
         # One confusion matrix per stage, every score derived from it. (A ModuleDict key cannot
-        # be "train": it would shadow nn.Module.train.)
+        # be "train": it would shadow nn.Module.train.) validate_args=False: the checks run
+        # torch.unique over every pixel of every batch; predictions are argmax indices anyway.
         num_classes = len(class_names)
+        options = {"ignore_index": ignore_index, "validate_args": False}
         self.confmats = torch.nn.ModuleDict(
-            {
-                f"{stage}_cm": MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
-                for stage in STAGES
-            }
+            {f"{stage}_cm": MulticlassConfusionMatrix(num_classes, **options) for stage in STAGES}
         )
         self.article_protocol = article_protocol
         if article_protocol:
@@ -157,7 +156,10 @@ class SegModule(L.LightningModule):
             self.article_ious = torch.nn.ModuleDict(
                 {
                     f"{stage}_article_iou": MulticlassJaccardIndex(
-                        num_classes, average="micro", ignore_index=self.background_index
+                        num_classes,
+                        average="micro",
+                        ignore_index=self.background_index,
+                        validate_args=False,
                     )
                     for stage in STAGES
                 }
