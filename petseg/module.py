@@ -13,17 +13,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from petseg.errors import ConfigError, NonFiniteLossError
+from petseg.losses import soft_iou
 from petseg.metrics import (
-    ARTICLE_FIGURES,
     SOFT_IOU_SMOOTH,
     argmax_classes,
     article_batch_figures,
     confusion_table,
-    metric_inputs,
     save_confusion,
     scores_from_confmat,
 )
@@ -68,9 +66,8 @@ def scores_step(trainer: L.Trainer) -> int:
     """The step Lightning gives the loggers for this stage's epoch-end scores (`self.log`), so
     pictures and tables logged by hand sit at the same step as the scores they belong to.
 
-    Lightning logs them at its count of batches that stepped; a validation inside fit runs after
-    its batch's optimizer step but before that count goes up: one below trainer.global_step (one
-    optimizer, as here). Test, predict and a lone validate: trainer.global_step.
+    A validation inside fit runs after its batch's optimizer step but before Lightning's count of
+    batches that stepped goes up: one below trainer.global_step. Otherwise trainer.global_step.
     """
     if trainer.state.fn == TrainerFn.FITTING:
         return max(0, trainer.global_step - 1)
@@ -83,34 +80,14 @@ def strip_compile_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class SegModule(L.LightningModule):
-    """Wraps a network built from its `_target_` config; the configs are the hyperparameters.
-
-    Saving configs rather than modules keeps checkpoints small and self-describing:
+    """Wraps a network built from its `_target_` config; the configs are the hyperparameters, so
     `SegModule.load_from_checkpoint(path)` rebuilds network and loss with no Hydra run.
 
-    Metrics per stage (`train/`, `val/`, `test/`), each accumulated over the whole split: the
-    confusion-matrix scores (pixel_acc, miou, mdice, iou_<class>, dice_<class>), `soft_iou` (the
-    article's soft IoU, mean over images) and, with `article_protocol=True`, `article_iou` (the
-    article's micro IoU over non-background-target pixels, over the split) and, for val and test,
-    the article's own figures as it computed them, means of per-batch values: `article_pixel_acc`
-    (what its 88.28% / 86.96% / 85.89% are), `article_iou_acc`, `article_custom_iou` (see
-    `petseg.metrics.article_protocol`).
-    At the end of validation and test the confusion matrix goes to
-    `<default_root_dir>/confusion/<stage>_epoch<NNN>.png|.csv`, and to W&B when it is a logger
-    (at the step of that epoch's scores). Each validation of a fit also logs `val/miou_best` and
-    `val/miou_best_epoch` (the best so far, this epoch included; kept in checkpoints, so a resumed
-    run goes on from it): every logger's last value, e.g. the W&B summary, then holds the best
-    beside the last `val/miou`.
-
-    Speed switches (`perf.*` in the config), not
-    hyperparameters: a checkpoint loads with or without them. `channels_last`: network weights
-    and inputs in NHWC (faster convs under autocast on recent GPUs and CPUs). `compile`:
-    `torch.compile` the network when the trainer first runs (true: inductor; a string: that
-    backend, e.g. `eager` to check graph capture alone); it compiles `self.net` in place, so
-    checkpoint keys stay `net.*`.
-    `train_metrics_every_n_steps`: N > 1 updates the train metrics (not the loss) on every N-th
-    batch only, so `train/miou` etc. estimate the epoch from 1/N of its batches (val and test
-    always use every batch); 1, the default, is exact.
+    Per stage (`train/`, `val/`, `test/`), over the whole split: loss, the confusion-matrix scores
+    (`petseg.metrics.scores_from_confmat`), `soft_iou` (mean over images) and, with
+    `article_protocol`, the article's figures (`petseg.metrics.article_protocol`). Validation also
+    logs `val/miou_best` and its epoch (kept in checkpoints). `channels_last`, `compile` and
+    `train_metrics_every_n_steps` are the `perf.*` speed switches, not hyperparameters.
     """
 
     def __init__(
@@ -127,15 +104,13 @@ class SegModule(L.LightningModule):
         train_metrics_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
-        net, loss = plain(net), plain(loss)
-        optimizer, scheduler = plain(optimizer), plain(scheduler)
-        class_names = list(class_names)
+        net, loss, class_names = plain(net), plain(loss), list(class_names)
         self.save_hyperparameters(
             {
                 "net": net,
                 "loss": loss,
-                "optimizer": optimizer,
-                "scheduler": scheduler or None,
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler) or None,
                 "class_names": class_names,
                 "ignore_index": ignore_index,
                 "article_protocol": article_protocol,
@@ -155,36 +130,21 @@ class SegModule(L.LightningModule):
                 "(1: every training batch, exact)"
             )
         self.train_metrics_every_n_steps = every
-        # The first global step with a non-finite train loss (-1: none), kept on the loss's device;
-        # check_loss_every_step None: every step on CPU, deferred on accelerators (_check_finite).
-        self._first_nonfinite: torch.Tensor | None = None
-        self.check_loss_every_step: bool | None = None
         self.class_names = class_names
+        self.ignore_index = ignore_index
+        # The first global step with a non-finite train loss (-1: none), kept on the loss's device.
+        self._first_nonfinite: torch.Tensor | None = None
         # The best val/miou of the fit so far and its epoch (None: none yet); in checkpoints.
         self.best_val_miou: float | None = None
         self.best_val_epoch: int | None = None
-        # One dataset-level confusion matrix per stage; every score is derived from it.
-        # (ModuleDict keys cannot be "train": it would shadow nn.Module.train.)
-        # One extra row/column holds ignored pixels (`metric_inputs` labels them so,
-        # `_log_scores` drops it): torchmetrics' own ignore_index selects pixels by boolean
-        # indexing, 1-3 ms per 8x128x128 batch on CPU and a GPU sync on every step.
+        # One confusion matrix per stage, every score derived from it. (A ModuleDict key cannot
+        # be "train": it would shadow nn.Module.train.) validate_args=False: the checks run
+        # torch.unique over every pixel of every batch; predictions are argmax indices anyway.
+        num_classes = len(class_names)
+        options = {"ignore_index": ignore_index, "validate_args": False}
         self.confmats = torch.nn.ModuleDict(
-            {
-                f"{stage}_cm": MulticlassConfusionMatrix(
-                    len(class_names) + 1, ignore_index=None, validate_args=False
-                )
-                for stage in STAGES
-            }
+            {f"{stage}_cm": MulticlassConfusionMatrix(num_classes, **options) for stage in STAGES}
         )
-        # The article's soft IoU: a per-image value, so the split mean weighs batches by size.
-        # "disable": no NaN check, which would sync with the GPU on every step.
-        self.soft_ious = torch.nn.ModuleDict(
-            {f"{stage}_soft_iou": MeanMetric(nan_strategy="disable") for stage in STAGES}
-        )
-        # train/loss_epoch, weighted by batch size (one value per image: with nan_strategy=
-        # "disable", torchmetrics <= 1.9 ignores `weight`, Lightning-AI/torchmetrics#3434). A
-        # metric, not a second self.log per step: log() costs ~0.4 ms per call on CPU.
-        self.epoch_loss = MeanMetric(nan_strategy="disable")
         self.article_protocol = article_protocol
         if article_protocol:
             if "background" not in class_names:
@@ -196,20 +156,12 @@ class SegModule(L.LightningModule):
             self.article_ious = torch.nn.ModuleDict(
                 {
                     f"{stage}_article_iou": MulticlassJaccardIndex(
-                        len(class_names),
+                        num_classes,
                         average="micro",
                         ignore_index=self.background_index,
                         validate_args=False,
                     )
                     for stage in STAGES
-                }
-            )
-            # The article's figures: one value per batch, each batch weighing the same.
-            self.article_figures = torch.nn.ModuleDict(
-                {
-                    f"{stage}_{name}": MeanMetric(nan_strategy="disable")
-                    for stage in ("val", "test")
-                    for name in ARTICLE_FIGURES
                 }
             )
 
@@ -219,9 +171,8 @@ class SegModule(L.LightningModule):
         return self.net(x)
 
     def configure_model(self) -> None:
-        """Compile the network once, when a trainer first runs this module (`compile`)."""
+        """Compile the network once, in place (no `_orig_mod.` keys), when a trainer first runs."""
         if self.compile_backend and not self._compiled:
-            # In place (nn.Module.compile): same module and parameters, no `_orig_mod.` keys.
             self.net.compile(backend=self.compile_backend)
             self._compiled = True
 
@@ -235,88 +186,62 @@ class SegModule(L.LightningModule):
         best = checkpoint.get(BEST_KEY) or {}  # older checkpoints have none
         self.best_val_miou, self.best_val_epoch = best.get("value"), best.get("epoch")
 
-    def _step(
-        self, batch: dict[str, torch.Tensor], stage: str, metrics: bool = True, log: bool = True
-    ) -> torch.Tensor:
+    def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: bool = True) -> Any:
         image, mask = batch["image"], batch["mask"]
         logits = self(image)  # (B, C, H, W)
         loss = self.criterion(logits, mask)
-        batch_size = image.shape[0]
+        size = image.shape[0]
+        if stage == "train":  # the step's loss for the curve, and the epoch's mean
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=size)
+        else:
+            self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
         if metrics:
             self._update_metrics(stage, logits.detach(), mask)
-        if stage == "train":  # the step's loss for the curve; the epoch mean at epoch end
-            if log:
-                self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.epoch_loss.update(loss.detach().float().expand(batch_size))
-        else:
-            self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def _reads_loss(self, batch_idx: int) -> bool:
-        """Whether this training batch's loss is read: on the steps Lightning writes step metrics
-        (trainer.log_every_n_steps) and on the epoch's last batch.
-
-        self.log() costs ~0.4 ms per call on CPU, a fraction of a percent of a small model's step,
-        for a value no logger writes (the progress bar shows the last one logged), and reading a
-        GPU value syncs. Lightning's test is a private attribute: if it moves, every step reads.
-        """
-        trainer = self._trainer
-        connector = getattr(trainer, "_logger_connector", None)
-        if trainer is None or not hasattr(connector, "should_update_logs"):
-            return True
-        last = batch_idx + 1 >= trainer.num_training_batches
-        return bool(connector.should_update_logs or trainer.fast_dev_run or last)
-
     def _update_metrics(self, stage: str, logits: torch.Tensor, mask: torch.Tensor) -> None:
-        """One batch into the stage's confusion matrix, soft IoU (and article IoU)."""
-        ignore_index = self.hparams.ignore_index
-        preds, labels, soft = metric_inputs(logits, mask, ignore_index, SOFT_IOU_SMOOTH)
-        self.confmats[f"{stage}_cm"].update(preds, labels)  # ignored pixels: the extra class
-        self.soft_ious[f"{stage}_soft_iou"].update(soft)  # one value per image
-        if self.article_protocol:
-            # Ignored pixels count as background: the Jaccard below skips both.
-            target = mask.masked_fill(mask == ignore_index, self.background_index)
-            self.article_ious[f"{stage}_article_iou"].update(preds, target)
-            if stage != "train":
-                figures = article_batch_figures(
-                    preds, target, soft, len(self.class_names), self.background_index
-                )
-                for name, value in figures.items():
-                    self.article_figures[f"{stage}_{name}"].update(value)
+        """One batch into the stage's confusion matrix, soft IoU and article figures."""
+        preds = argmax_classes(logits)
+        self.confmats[f"{stage}_cm"].update(preds, mask)
+        soft = soft_iou(
+            logits, mask, smooth=SOFT_IOU_SMOOTH, ignore_index=self.ignore_index, average="image"
+        )  # the batch's mean over images: weighted by its size, the split's mean over images
+        on = {"on_step": False, "on_epoch": True}
+        self.log(f"{stage}/soft_iou", soft, batch_size=mask.shape[0], **on)
+        if not self.article_protocol:
+            return
+        # Ignored pixels count as background, which the article's scores skip.
+        target = mask.masked_fill(mask == self.ignore_index, self.background_index)
+        self.article_ious[f"{stage}_article_iou"].update(preds, target)
+        if stage != "train":  # its figures are means of per-batch values: each batch weighs 1
+            num_classes = len(self.class_names)
+            figures = article_batch_figures(preds, target, soft, num_classes, self.background_index)
+            for name, value in figures.items():
+                self.log(f"{stage}/{name}", value, batch_size=1, **on)
 
     def _log_scores(self, stage: str) -> None:
         confmat = self.confmats[f"{stage}_cm"]
         if not confmat.update_called:  # e.g. an epoch that ran no batch of this stage
             return
-        num_classes = len(self.class_names)
-        cm = confmat.compute()[:num_classes, :num_classes]  # without the ignored pixels' class
+        cm = confmat.compute()
+        confmat.reset()
         scores = scores_from_confmat(cm, self.class_names)
-        soft = self.soft_ious[f"{stage}_soft_iou"]
-        scores["soft_iou"] = soft.compute()
-        accumulated = [confmat, soft]
         if self.article_protocol:
-            article = self.article_ious[f"{stage}_article_iou"]
-            scores["article_iou"] = article.compute()
-            accumulated.append(article)
-            if stage != "train":
-                for name in ARTICLE_FIGURES:
-                    figure = self.article_figures[f"{stage}_{name}"]
-                    scores[name] = figure.compute()
-                    accumulated.append(figure)
+            scores["article_iou"] = self.article_ious[f"{stage}_article_iou"].compute()
+            self.article_ious[f"{stage}_article_iou"].reset()
         miou = scores.pop("miou")
         self.log(f"{stage}/miou", miou, prog_bar=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()})
         if stage == "val":
-            self._log_best(float(miou))  # one read of the device per validation
+            self._log_best(float(miou))
         if stage != "train":
             self._report_confusion(stage, cm)
-        for metric in accumulated:
-            metric.reset()
 
     def _log_best(self, miou: float) -> None:
         """val/miou_best and its epoch, in a fit (not its sanity check); a NaN mIoU is no best."""
-        trainer = self._trainer
-        if trainer is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         if not math.isnan(miou) and (self.best_val_miou is None or miou > self.best_val_miou):
             self.best_val_miou, self.best_val_epoch = miou, self.current_epoch
@@ -326,12 +251,13 @@ class SegModule(L.LightningModule):
 
     def _report_confusion(self, stage: str, cm: torch.Tensor) -> None:
         """The split's confusion matrix as PNG + CSV in the run folder, and to W&B if it logs."""
-        trainer = self._trainer
-        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+        trainer = self.trainer
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         name = f"{stage}_epoch{self.current_epoch:03d}"
-        folder = Path(trainer.default_root_dir) / "confusion"
-        png, _ = save_confusion(cm, self.class_names, folder, name)
+        png, _ = save_confusion(
+            cm, self.class_names, Path(trainer.default_root_dir) / "confusion", name
+        )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
@@ -344,20 +270,17 @@ class SegModule(L.LightningModule):
                 logger.log_metrics(confusion, step=scores_step(trainer))  # type: ignore[arg-type]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        read = self._reads_loss(batch_idx)
         metrics = batch_idx % self.train_metrics_every_n_steps == 0
-        loss = self._step(batch, "train", metrics=metrics, log=read)
-        self._check_finite(loss, read)
+        loss = self._step(batch, "train", metrics=metrics)
+        self._check_finite(loss, batch_idx)
         return loss
 
-    def _check_finite(self, loss: torch.Tensor, read: bool) -> None:
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop on a NaN/inf loss, naming the first step that had one.
 
-        On CPU every step is checked. On a GPU reading the loss is a sync that stops the CPU
-        queueing work ahead, so the first bad step is recorded on the device and read when the
-        loss is read anyway (`_reads_loss`: logging steps and each epoch's last batch, before any
-        epoch-end checkpoint): the run stops within trainer.log_every_n_steps steps and never
-        saves NaN weights.
+        The first bad step is kept on the loss's device and read on CPU every step; on a GPU only
+        on logging steps and the epoch's last batch (before any epoch-end checkpoint), since a
+        read syncs the GPU, and then within trainer.log_every_n_steps steps.
         """
         first = self._first_nonfinite
         if first is None or first.device != loss.device:
@@ -365,11 +288,12 @@ class SegModule(L.LightningModule):
         bad = ~torch.isfinite(loss.detach())
         # A Python int, not a tensor: copying one to the GPU would sync on every step.
         self._first_nonfinite = torch.where(bad & (first < 0), self.global_step, first)
-        check_now = self.check_loss_every_step
-        if check_now is None:
-            check_now = loss.device.type == "cpu"
-        if not (check_now or read):
-            return
+        if loss.device.type != "cpu":
+            trainer, every = self.trainer, self.trainer.log_every_n_steps
+            logging_step = every > 0 and (trainer.global_step + 1) % every == 0
+            last = batch_idx + 1 >= trainer.num_training_batches
+            if not (logging_step or last or trainer.fast_dev_run):
+                return
         bad_step = int(self._first_nonfinite)
         if bad_step >= 0:
             raise NonFiniteLossError(
@@ -389,9 +313,6 @@ class SegModule(L.LightningModule):
         return argmax_classes(self(batch["image"]))
 
     def on_train_epoch_end(self) -> None:
-        if self.epoch_loss.update_called:
-            self.log("train/loss_epoch", self.epoch_loss.compute())
-            self.epoch_loss.reset()
         self._log_scores("train")
 
     def on_validation_epoch_end(self) -> None:

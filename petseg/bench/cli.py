@@ -23,6 +23,33 @@ from petseg.checkpoint import resolve_device
 from petseg.config import model_names
 from petseg.errors import ConfigError, PetsegError
 
+USAGE = """\
+Where a training run's time goes, measured in one process on the same data and models.
+
+    python -m petseg.bench [--models vit_small,segformer,segnet_dsc | all] [--step-model NAME]
+        [--batch 8] [--steps 10] [--warmup 2] [--rounds 8] [--precisions 32,bf16-mixed]
+        [--data PATH|synthetic] [--skip pipeline,step,models,onnx] [--threads N]
+        [--out outputs/bench] [overrides]
+
+1. pipeline: samples/s of one process with one intra-op thread (a DataLoader worker's view)
+   through the training transforms: JPEG/PNG decode + albumentations (PetTrimaps) vs the decoded
+   cache (petseg.data.cache), the same samples; "n/a" when the cache is not available.
+2. step: training images/s of SegModule under Lightning vs a hand-written PyTorch loop, with the
+   same network (`--step-model`), loss, optimizer, initial weights, precision
+   (`trainer.precision`) and batches already on the device. Only steps after `--warmup` are
+   timed, each from its start to the next one's (a Callback on the Lightning side: fit's setup,
+   teardown and epoch-end metrics are out, Lightning's work between steps is in). Rounds alternate
+   which side goes first; the ratio is of the median steps (CPU: robust to other processes) or
+   of the totals (CUDA).
+3. models: forward+backward images/s per model and precision at `data.image_size`, and the
+   achieved TFLOP/s: mult-adds (petseg.summary, torch's FLOP counter) x 2 FLOPs x 3 (forward
+   + backward).
+4. onnx: batch-1 latency, eager PyTorch vs ONNX Runtime, per model that exports (petseg.export).
+
+Hydra overrides compose as for `python -m petseg.train` (e.g. `data.image_size=64`,
+`optimizer=adamw`, `trainer.precision=bf16-mixed`, `perf.channels_last=true`). Prints Markdown
+tables and writes `<out>/latest.json` and `<out>/latest.md`.
+"""
 DEFAULT_MODELS = ("vit_small", "segformer", "segnet_dsc")  # the cheap ones; --models all
 SECTIONS = ("pipeline", "step", "models", "onnx")
 
@@ -112,11 +139,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from petseg import bench  # the package's docstring is the usage
-
     parser = argparse.ArgumentParser(
         prog="python -m petseg.bench",
-        description=bench.__doc__,
+        description=USAGE,
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for petseg.train")

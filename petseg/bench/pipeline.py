@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from petseg.data.transforms import train_pipeline
 
 
 def decode_dataset(cfg: DictConfig, base: Path, names: Sequence[str]) -> PetTrimaps:
-    """Today's training path: JPEG/PNG decode (draft-scaled) + resize + train augmentations."""
+    """The training path: JPEG/PNG decode (draft-scaled) + resize + train augmentations."""
     size = int(cfg.data.image_size)
     augment = hydra.utils.instantiate(cfg.data.train_transforms)
     return PetTrimaps(base, names, train_pipeline(size, augment), size=size)
@@ -39,13 +40,26 @@ def cached_dataset(source: PetTrimaps, size: int) -> PetTrimaps:
     return PetTrimaps(source.base, source.names, source.transform, source.size, cache=rows)
 
 
+@contextlib.contextmanager
+def worker_threads() -> Iterator[None]:
+    """One intra-op thread, as torch sets it in every DataLoader worker; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def samples_per_s(dataset: PetTrimaps, count: int, warmup: int = 2) -> tuple[float, list[Batch]]:
-    """Samples/s of `dataset[i]` for i < count (after `warmup` untimed reads), and the samples."""
-    for i in range(min(warmup, len(dataset))):
-        dataset[i]
-    start = time.perf_counter()
-    samples = [dataset[i % len(dataset)] for i in range(count)]
-    return count / (time.perf_counter() - start), samples
+    """Samples/s of `dataset[i]` for i < count (after `warmup` untimed reads), and the samples,
+    read as a DataLoader worker reads them (`worker_threads`)."""
+    with worker_threads():
+        for i in range(min(warmup, len(dataset))):
+            dataset[i]
+        start = time.perf_counter()
+        samples = [dataset[i % len(dataset)] for i in range(count)]
+        return count / (time.perf_counter() - start), samples
 
 
 def bench_pipeline(

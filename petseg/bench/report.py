@@ -42,7 +42,7 @@ def markdown(result: dict[str, Any]) -> str:
     if pipe := result.get("pipeline"):
         parts += [
             "",
-            f"Input pipeline, one process, {pipe['samples']} samples:",
+            f"Input pipeline, one process, one intra-op thread, {pipe['samples']} samples:",
             "",
             format_table(
                 [
