@@ -21,7 +21,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from petseg.data.oxford import PetTrimaps, load_trimap
-from petseg.metrics import metric_inputs, save_confusion, scores_from_confmat
+from petseg.losses import soft_iou
+from petseg.metrics import SOFT_IOU_SMOOTH, argmax_classes, save_confusion, scores_from_confmat
 from petseg.module import SegModule
 
 CONFUSION_NAME = "test_original"  # <run dir>/confusion/test_original.png|.csv
@@ -78,30 +79,35 @@ class FullSizeScorer(L.LightningModule):
         super().__init__()
         self.module = module
         self.class_names = list(module.class_names)
-        # One extra class for ignored pixels, as in SegModule (metric_inputs labels them so).
+        self.ignore_index = module.hparams.ignore_index
         self.confmat = MulticlassConfusionMatrix(
-            len(self.class_names) + 1, ignore_index=None, validate_args=False
+            len(self.class_names), ignore_index=self.ignore_index, validate_args=False
         )
-        self.soft_iou = MeanMetric(nan_strategy="disable")
-        self.loss = MeanMetric(nan_strategy="disable")
+        self.soft_iou = MeanMetric()
+        self.loss = MeanMetric()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.module(batch["image"])  # (B, C, S, S)
-        ignore_index = self.module.hparams.ignore_index
         with torch.autocast(logits.device.type, enabled=False):  # resize and score in fp32
             for i, labels in enumerate(batch["labels"]):
                 full = F.interpolate(
                     logits[i : i + 1].float(), labels.shape, mode="bilinear", align_corners=False
                 )  # (1, C, H, W)
                 target = labels.unsqueeze(0)  # (1, H, W)
-                preds, cm_labels, soft = metric_inputs(full, target, ignore_index)
-                self.confmat.update(preds, cm_labels)
-                self.soft_iou.update(soft)
+                self.confmat.update(argmax_classes(full), target)
+                self.soft_iou.update(
+                    soft_iou(
+                        full,
+                        target,
+                        smooth=SOFT_IOU_SMOOTH,
+                        ignore_index=self.ignore_index,
+                        average="image",
+                    )
+                )
                 self.loss.update(self.module.criterion(full, target).detach().float().reshape(1))
 
     def on_test_epoch_end(self) -> None:
-        n = len(self.class_names)
-        cm = self.confmat.compute()[:n, :n]  # without the ignored pixels' class
+        cm = self.confmat.compute()
         scores = scores_from_confmat(cm, self.class_names)
         scores["soft_iou"] = self.soft_iou.compute()
         scores["loss"] = self.loss.compute()
