@@ -114,7 +114,8 @@ class SegModule(L.LightningModule):
                 "class_names": class_names,
                 "ignore_index": ignore_index,
                 "article_protocol": article_protocol,
-            }
+            },
+            logger=False,  # loggers get the whole composed config from petseg.train, once
         )
         self.net = instantiate(net)
         self.criterion = instantiate(loss)

@@ -25,6 +25,7 @@ CLIS = {  # what the README documents as commands
     "petseg.bench",
     "petseg.report",
     "petseg.data.check",
+    "petseg.gpucheck",
 }
 
 

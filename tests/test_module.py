@@ -569,8 +569,8 @@ def test_train_metrics_every_n_steps_must_be_a_positive_int(every: object) -> No
 @pytest.mark.parametrize(
     ("overrides", "runs_as", "dtype"),
     [
-        ([], "32-true", torch.float32),  # trainer/default.yaml
-        (["trainer=cpu"], "bf16-mixed", torch.bfloat16),
+        ([], "32-true", torch.float32),  # cfg_factory's fp32 (precision=auto: test_precision)
+        (["trainer=cpu"], "32-true", torch.float32),  # trainer=cpu no longer forces bf16
         (["trainer.precision=bf16-mixed"], "bf16-mixed", torch.bfloat16),
         # No fp16 autocast on CPU: Lightning warns and runs bf16 (on a GPU it is fp16 + scaler).
         (["trainer.precision=16-mixed"], "bf16-mixed", torch.bfloat16),

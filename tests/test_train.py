@@ -307,3 +307,26 @@ def test_early_stopping_ends_a_fit_whose_val_miou_stalls(cfg_factory) -> None:
     with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
         epochs = {r["epoch"] for r in csv.DictReader(f) if r["val/miou"]}
     assert epochs == {"0", "1"}
+
+
+def test_wandb_config_is_the_composed_config_once_with_choices(cfg_factory, monkeypatch) -> None:
+    import wandb
+
+    import petseg.train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    hydra = fake_hydra("outputs/multirun/2026-12-02/10-00-00")
+    hydra.runtime.choices = {"model": "segnet_dsc", "loss": "ce", "data": "synthetic"}
+    monkeypatch.setattr(petseg.train, "hydra_runtime", lambda: hydra)
+    seen: dict = {}
+    real_finish = petseg.train.finish_wandb
+
+    def snapshot_then_finish(exit_code: int = 0) -> None:  # the run's config as W&B holds it
+        seen.update(wandb.run.config.as_dict())
+        real_finish(exit_code)
+
+    monkeypatch.setattr(petseg.train, "finish_wandb", snapshot_then_finish)
+    train(cfg_factory(*TINY, "trainer.max_epochs=1", "test=false"))
+    assert seen["choices"]["model"] == "segnet_dsc" and seen["overrides"] == ["model=vit_small"]
+    assert seen["model"]["_target_"] == "petseg.models.segnet.SegNet"
+    assert "config" not in seen and "net" not in seen  # once: not nested, not repeated
