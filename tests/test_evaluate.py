@@ -38,7 +38,8 @@ DATA = [
 
 
 def evaluate_config(tmp_path: Path, *overrides: str):
-    cpu = ["trainer.accelerator=cpu", "trainer.devices=1"]
+    # fp32 as the tests train (precision=auto may pick bf16 on a CPU that has it).
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true"]
     return cli_config("evaluate", tmp_path, *cpu, *overrides)
 
 
