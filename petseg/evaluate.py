@@ -6,6 +6,8 @@ Prints the protocol and every `test/*` metric and writes them as JSON to `<run d
 against its untouched full-size trimap (`petseg.fullsize`); `resolution=train` scores at
 `data.image_size` as training's `test/*` metrics do. `metrics.article_protocol=true` evaluates as
 the article did (see `petseg.metrics.article_protocol`), at the training resolution only.
+`tta.hflip=true` / `tta.scales=[...]` (`petseg.tta`) score the softmax averaged over flips and
+scales, at either resolution; `test/loss` is then the loss of the averaged prediction.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from petseg.config import CONF_DIR
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.fullsize import FullSizeScorer, full_size_loader
 from petseg.metrics import article_protocol
+from petseg.tta import apply_tta, tta_options
 
 log = logging.getLogger("petseg.evaluate")
 
@@ -71,13 +74,22 @@ def resolution_option(cfg: DictConfig) -> str:
     return resolution
 
 
+def protocol_line(cfg: DictConfig) -> str:
+    """What was scored: the resolution's protocol, and the TTA when on (checked options)."""
+    protocol = PROTOCOLS[resolution_option(cfg)]
+    tta = tta_options(cfg)
+    return f"{protocol}; {tta.describe()}" if tta.active else protocol
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test `cfg.ckpt_path` on the test split of `cfg.data`; returns the `test/*` metrics."""
     resolution = resolution_option(cfg)
+    tta = tta_options(cfg)  # before the checkpoint loads: a bad value is one line at once
+    protocol = protocol_line(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     article = article_protocol(cfg)  # sets data.eval_augment when on
-    module = load_module(cfg.get("ckpt_path"), article)
+    module = apply_tta(load_module(cfg.get("ckpt_path"), article), tta)
     datamodule = build(cfg.data)
     datamodule.check_source()
     trainer = build_trainer(cfg, logger=False, enable_checkpointing=False)
@@ -90,7 +102,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         loader = full_size_loader(dm.test_set, dm.batch_size, dm.num_workers, dm.pin_memory)
         trainer.test(FullSizeScorer(module), dataloaders=loader, verbose=False)
     metrics = to_floats(trainer.callback_metrics)
-    protocol = PROTOCOLS[resolution]
     written = [write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json", protocol)]
     if cfg.get("output"):
         written.append(write_json(metrics, cfg.output, protocol))
@@ -106,7 +117,7 @@ def main(cfg: DictConfig) -> None:
     except PetsegError as e:
         print_user_error(e, log)
         raise SystemExit(1) from None
-    print(f"protocol: {PROTOCOLS[cfg.resolution]}")
+    print(f"protocol: {protocol_line(cfg)}")
     width = max(map(len, metrics), default=0)
     for name, value in sorted(metrics.items()):
         print(f"{name:<{width}}  {value:.6f}")

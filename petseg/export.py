@@ -33,6 +33,10 @@ log = logging.getLogger("petseg.export")
 FORMATS = ("onnx",)
 
 
+class ExportError(PetsegError):
+    """The ONNX exporter cannot take the network (an operator or a shape it does not handle)."""
+
+
 class ParityError(PetsegError):
     """The exported model's outputs differ from eager PyTorch's beyond the tolerances."""
 
@@ -64,6 +68,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         export_onnx(net, size, out, in_channels)
     except OSError as e:
         raise ConfigError(f"output={out}: cannot write it ({e.strerror})") from None
+    except Exception as e:  # torch.export and onnxscript raise many types; keep their first line
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ExportError(
+            f"torch.onnx.export (dynamo) cannot export {net_cfg['_target_'].rsplit('.', 1)[-1]} "
+            f"of ckpt_path={ckpt} at {size} px ({type(e).__name__}: {reason}); the checkpoint "
+            "still runs in PyTorch (petseg.predict)"
+        ) from e
     session = ort_session(out)
     torch.manual_seed(int(cfg.seed))
     sample = torch.rand(cfg.batch_size, in_channels, size, size)

@@ -10,6 +10,8 @@ and skipped; the run fails (exit 1) only when no image was written.
 The network sees what it saw in training: the eval pipeline's resize to `image_size` (square, as
 `data.image_size`), floats in [0, 1]. Its logits are resized bilinearly to the image's size and
 argmax'ed there, which gives smooth boundaries instead of the staircase of upsampled labels.
+`tta.hflip=true` / `tta.scales=[...]` (`petseg.tta`) average the softmax over flips and scales
+first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from petseg.errors import ConfigError, DataError, PetsegError, print_user_error
 from petseg.metrics import argmax_classes
 from petseg.module import SegModule
 from petseg.photo import read_photo
+from petseg.tta import apply_tta, tta_options
 
 log = logging.getLogger("petseg.predict")
 
@@ -156,10 +159,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of `cfg.input` with `cfg.ckpt_path`, writing to `cfg.output`.
 
     Returns `written` (input path -> files written), `skipped` (input path -> reason), `output`,
-    `image_size` and `device`. Raises ConfigError for a missing option, file or folder.
+    `image_size`, `device` and `tta` (its description). Raises ConfigError for a missing option,
+    file or folder.
     """
     paths = list_inputs(cfg.get("input"))
     check_options(cfg)
+    tta = tta_options(cfg)
     device = resolve_device(cfg.get("device"))
     ckpt_path = cfg.get("ckpt_path")
     module = load_module(ckpt_path)
@@ -171,10 +176,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     image_size, source = resolve_image_size(cfg.get("image_size"), net, ckpt_path)
     out = output_folder(cfg, Path(cfg.input))
-    module.eval().to(device)
+    module = apply_tta(module, tta).eval().to(device)
     log.info(
-        "%s at %d px (%s) on %s: %d file(s) -> %s",
-        net["_target_"].rsplit(".", 1)[-1], image_size, source, device, len(paths), out,
+        "%s at %d px (%s) on %s, %s: %d file(s) -> %s",
+        net["_target_"].rsplit(".", 1)[-1], image_size, source, device, tta.describe(),
+        len(paths), out,
     )  # fmt: skip
 
     names = output_names(paths)
@@ -207,6 +213,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "output": str(out),
         "image_size": image_size,
         "device": str(device),
+        "tta": tta.describe(),
     }
 
 

@@ -1,7 +1,11 @@
 """Size and speed of every `conf/model/*.yaml`, and the regular-vs-depthwise-separable conv table.
 
     python -m petseg.summary [--runs 5] [--threads 1] [overrides, e.g. data.image_size=256]
+    python -m petseg.summary model=smp_unet_resnet34,unet [overrides]  # those models only
     python -m petseg.summary conv_vs_dsc
+
+Pretrained encoders (smp's `encoder_weights`) are not fetched: sizes and speeds do not depend on
+the weights, so every model is built randomly initialised (offline too).
 
 Both print Markdown tables (for the README).
 """
@@ -82,12 +86,25 @@ def model_row(name: str, net: nn.Module, size: int, runs: int) -> Row:
     }
 
 
+def split_models(args: list[str]) -> tuple[list[str], list[str]]:
+    """The models of a `model=a,b` argument (every model when there is none), and the rest."""
+    chosen = [a.split("=", 1)[1] for a in args if a.startswith("model=")]
+    overrides = [a for a in args if not a.startswith("model=")]
+    names = [n.strip() for c in chosen for n in c.split(",") if n.strip()]
+    return names or model_names(), overrides
+
+
 def model_rows(names: list[str], overrides: list[str], runs: int) -> list[Row]:
-    """A row per model, each composed as `python -m petseg.train model=<name> <overrides>`."""
+    """A row per model, each composed as `python -m petseg.train model=<name> <overrides>`,
+    with `model.encoder_weights=null` where the node has that key and overrides do not set it."""
     rows = []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name in names:
             cfg = compose(config_name="config", overrides=[f"model={name}", *overrides])
+            if cfg.model.get("encoder_weights") is not None and not any(
+                o.startswith("model.encoder_weights=") for o in overrides
+            ):
+                cfg.model.encoder_weights = None  # no download: the size does not depend on it
             torch.manual_seed(0)
             net = hydra.utils.instantiate(cfg.model)
             rows.append(model_row(name, net, cfg.data.image_size, runs))
@@ -134,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(conv_vs_dsc_rows()))
         return
     print(f"torch {torch.__version__}; batch 1; latency = median of {args.runs} runs")
-    print(format_table(model_rows(model_names(), args.args, args.runs)))
+    names, overrides = split_models(args.args)
+    print(format_table(model_rows(names, overrides, args.runs)))
     print(NOTES)
 
 

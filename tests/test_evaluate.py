@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import open_dict
 from PIL import Image
 
 from petseg.errors import ConfigError
 from petseg.evaluate import evaluate
 from petseg.train import train
 
-from conftest import cli_config
+from conftest import cli_config, compose_config, single_thread
 from stub_nets import stub_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,8 @@ DATA = [
 
 
 def evaluate_config(tmp_path: Path, *overrides: str):
-    cpu = ["trainer.accelerator=cpu", "trainer.devices=1"]
+    # fp32 as the tests train (precision=auto may pick bf16 on a CPU that has it).
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true"]
     return cli_config("evaluate", tmp_path, *cpu, *overrides)
 
 
@@ -198,3 +200,61 @@ def test_cli_prints_the_protocol(tmp_path: Path, two_photos: Path) -> None:
     protocol = next(i for i, line in enumerate(lines) if line.startswith("protocol: "))
     assert lines[protocol].startswith("protocol: resolution=original: each image at its own size")
     assert f"{198 / 216:.6f}" in next(line for line in lines if line.startswith("test/pixel_acc"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real segnet_dsc checkpoint: one epoch (3 steps) on the synthetic DATA at 32 px."""
+    with single_thread():
+        tmp = tmp_path_factory.mktemp("train")
+        overrides = [
+            f"paths.root_dir={tmp}", "trainer.accelerator=cpu", "trainer.devices=1",
+            *DATA, "model=segnet_dsc", "trainer.max_epochs=1", "trainer.precision=32-true",
+            "test=false", "logger=csv",
+        ]  # fmt: skip
+        cfg = compose_config(overrides)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp / "run")
+        train(cfg)
+        return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_tta_changes_a_real_checkpoints_scores(trained: Path, tmp_path: Path, one_thread) -> None:
+    """hflip and multi-scale TTA score a trained network's averaged softmax: other scores, at
+    both resolutions, under the same metric names; the protocol line says which TTA ran."""
+    for resolution in ("train", "original"):
+        options = [*DATA, f"ckpt_path={trained}", f"resolution={resolution}"]
+        plain = evaluate(evaluate_config(tmp_path / resolution, *options))
+        for tta in (["tta=hflip"], ["tta.hflip=true", "tta.scales=[0.75,1,1.25]"]):
+            scored = evaluate(evaluate_config(tmp_path / resolution, *options, *tta))
+            assert sorted(scored) == sorted(plain)
+            assert scored["test/loss"] != pytest.approx(plain["test/loss"], rel=1e-4), tta
+            assert scored["test/soft_iou"] != pytest.approx(plain["test/soft_iou"], rel=1e-4)
+            assert all(0 <= scored[k] <= 1 for k in ("test/pixel_acc", "test/soft_iou"))
+            saved = json.loads((tmp_path / resolution / "evaluate" / "metrics.json").read_text())
+            passes = 2 if len(tta) == 1 else 6
+            assert f"; tta: softmax averaged over {passes} passes" in saved["protocol"]
+            assert saved["protocol"].startswith(f"resolution={resolution}:")
+
+
+def test_hflip_tta_of_a_mirror_equivariant_network_changes_nothing(
+    tmp_path: Path, two_photos: Path, one_thread
+) -> None:
+    """BrightIsPet is per pixel, so it commutes with a flip: hflip TTA gives the same
+    (hand-computed) full-size scores as no TTA."""
+    plain = stub_evaluate(tmp_path, two_photos)
+    counts = confusion_counts(tmp_path / "evaluate" / "confusion" / "test_original.csv")
+    flipped = stub_evaluate(tmp_path, two_photos, "tta=hflip")
+    assert flipped["test/pixel_acc"] == pytest.approx(198 / 216)
+    for key, value in plain.items():
+        assert flipped[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    confusion = tmp_path / "evaluate" / "confusion" / "test_original.csv"
+    assert confusion_counts(confusion) == counts == [[90, 0, 0], [18, 108, 0], [0, 0, 0]]
+
+
+def test_bad_tta_is_one_line_before_the_checkpoint_loads(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^tta\.scales=\[0\] must be a non-empty list") as info:
+        evaluate(evaluate_config(tmp_path, *DATA, "tta.scales=[0]"))  # no ckpt_path either
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"^tta\.size: unknown key"):
+        evaluate(evaluate_config(tmp_path, *DATA, "+tta.size=2"))

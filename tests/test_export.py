@@ -14,7 +14,7 @@ import torch
 
 from petseg.bench import InMemory
 from petseg.errors import ConfigError
-from petseg.export import ParityError, check_parity, export
+from petseg.export import ExportError, ParityError, check_parity, export
 from petseg.module import SegModule
 from petseg.onnx import ort_logits, ort_session
 
@@ -128,3 +128,50 @@ def test_cli_missing_checkpoint_is_one_error_line(tmp_path: Path) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"ckpt_path={missing}: no such file" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def smp_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model=smp, U-Net over a randomly initialised ResNet-18, after 1 step at 64 px."""
+    with single_thread():
+        torch.manual_seed(0)
+        cfg = compose_config(
+            ["model=smp", "model.encoder_name=resnet18", "model.encoder_weights=null"]
+        )
+        module = SegModule(net=cfg.model, loss=cfg.loss, optimizer=cfg.optimizer)
+        batch = {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, 3, (2, 64, 64))}
+        trainer = quiet_trainer(tmp_path_factory.mktemp("fit"), max_steps=1, limit_val_batches=0)
+        trainer.fit(module, train_dataloaders=InMemory([batch]))
+        path = tmp_path_factory.mktemp("ckpt") / "smp.ckpt"
+        trainer.save_checkpoint(path)
+        return path
+
+
+@pytest.mark.slow
+def test_smp_unet_exports_and_matches_eager(
+    smp_ckpt: Path, tmp_path: Path, onnx_stack, one_thread
+) -> None:
+    """The encoder's own input normalisation is part of the exported graph: same logits."""
+    out = tmp_path / "smp.onnx"
+    options = [f"ckpt_path={smp_ckpt}", f"output={out}", "image_size=64", "runs=1"]
+    cfg = export_config(tmp_path, *options)
+    result = export(cfg)
+    assert out.is_file()
+    assert result["max_abs_diff"] < 1e-3 and result["argmax_agreement"] >= cfg.min_agreement
+    check_parity(result, cfg.atol, cfg.min_agreement)
+    with pytest.raises(ConfigError, match=r"image_size=48 .* not a multiple of 32"):
+        export(export_config(tmp_path, f"ckpt_path={smp_ckpt}", "image_size=48"))
+
+
+def test_exporter_failure_is_one_line(ckpt: Path, tmp_path: Path, monkeypatch, onnx_stack) -> None:
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Unsupported operator aten::frobnicate\nmany more lines")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    cfg = export_config(tmp_path, f"ckpt_path={ckpt}", "image_size=32")
+    with pytest.raises(ExportError) as info:
+        export(cfg)
+    message = str(info.value)
+    assert message.startswith("torch.onnx.export (dynamo) cannot export SegNet of ckpt_path=")
+    assert "(RuntimeError: Unsupported operator aten::frobnicate)" in message
+    assert "\n" not in message

@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
+from petseg.data.transforms import eval_pipeline
 from petseg.errors import ConfigError
+from petseg.module import SegModule
+from petseg.photo import read_photo
 from petseg.predict import output_names, predict, run
 from petseg.train import train
 
@@ -274,3 +278,60 @@ def test_missing_and_unreadable_files_are_one_line_each(
     notes = skipped[str(folder / "notes.jpg")]
     assert notes.startswith(f"{folder / 'notes.jpg'}: cannot read it as an image")
     assert all("\n" not in reason for reason in skipped.values())
+
+
+def test_tta_masks_are_the_averaged_prediction(ckpt: Path, mixed: Path, tmp_path: Path) -> None:
+    """hflip x scales [0.75, 1, 1.25] at 32 px (segnet_dsc, stride 16: 32, 32, 48 px passes):
+    the mask is the argmax of the mean softmax, computed here by hand, at the photo's size."""
+    photo = mixed / "photo.jpg"
+    tta = ["tta.hflip=true", "tta.scales=[0.75,1,1.25]"]
+    common = [f"ckpt_path={ckpt}", f"input={photo}", "image_size=32", "device=cpu"]
+    with single_thread():
+        plain = predict(predict_config(tmp_path, *common, f"output={tmp_path}/plain"))
+        result = predict(predict_config(tmp_path, *common, f"output={tmp_path}/tta", *tta))
+        assert result["tta"].startswith("tta: softmax averaged over 6 passes")
+        assert plain["tta"] == "tta=none"
+
+        net = SegModule.load_from_checkpoint(ckpt, map_location="cpu").net.eval()
+        image = read_photo(photo)  # (37, 50, 3)
+        x = torch.from_numpy(eval_pipeline(32)(image=image)["image"]).permute(2, 0, 1)[None]
+        x = x.float() / 255  # (1, 3, 32, 32)
+        probs = torch.zeros(1, 3, 32, 32)
+        with torch.no_grad():
+            for side in (32, 32, 48):
+                xs = F.interpolate(x, (side, side), mode="bilinear", align_corners=False)
+                for logits in (net(xs), net(xs.flip(-1)).flip(-1)):
+                    back = F.interpolate(logits, (32, 32), mode="bilinear", align_corners=False)
+                    probs += back.softmax(1) / 6
+        full = F.interpolate(probs.log(), (37, 50), mode="bilinear", align_corners=False)
+    expected = full.argmax(1)[0].numpy().astype(np.uint8) + 1  # trimap values
+    np.testing.assert_array_equal(mask_of(tmp_path / "tta", "photo"), expected)
+    assert (mask_of(tmp_path / "plain", "photo") != expected).any()  # TTA changed some pixels
+
+
+def test_hflip_tta_of_a_mirror_equivariant_network_keeps_the_masks(
+    stub_ckpt: Path, tmp_path: Path
+) -> None:
+    """BrightIsPet is per pixel (it commutes with a flip): hflip TTA writes the same masks."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)).save(folder / "a.png")
+    predict_stub(stub_ckpt, folder, tmp_path / "plain")
+    cfg = predict_config(
+        tmp_path, f"ckpt_path={stub_ckpt}", f"input={folder}", f"output={tmp_path}/tta",
+        "image_size=16", "device=cpu", "tta=hflip",
+    )  # fmt: skip
+    with single_thread():
+        predict(cfg)
+    np.testing.assert_array_equal(mask_of(tmp_path / "tta", "a"), mask_of(tmp_path / "plain", "a"))
+
+
+def test_bad_tta_is_one_line(mixed: Path, tmp_path: Path, capsys) -> None:
+    cfg = predict_config(tmp_path, f"input={mixed}", "tta.scales=[1,-0.5]")  # no ckpt_path
+    assert run(cfg) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: tta.scales=[1, -0.5] must be a non-empty list of numbers > 0, e.g. "
+        "tta.scales=[0.75,1,1.25] (1: the size the network runs at)"
+    ]

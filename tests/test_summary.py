@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from petseg.config import model_names
 from petseg.flops import mult_adds
 from petseg.markdown import format_table
 from petseg.models import ViTSeg
-from petseg.summary import conv_vs_dsc_rows, main, model_rows
+from petseg.summary import conv_vs_dsc_rows, main, model_rows, split_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, 1 thread
 
@@ -69,3 +70,22 @@ def test_cli_conv_vs_dsc(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("| layer |")
     assert "512->1024 @ 8px" in out
+
+
+def test_split_models_takes_the_model_choice_out_of_the_overrides() -> None:
+    assert split_models(["model=smp_unet_resnet34,unet", "data.image_size=64"]) == (
+        ["smp_unet_resnet34", "unet"],
+        ["data.image_size=64"],
+    )
+    names, overrides = split_models(["data.image_size=64"])
+    assert names == model_names() and overrides == ["data.image_size=64"]
+
+
+def test_cli_smp_model_only_and_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    """`model=smp_unet_resnet34` gives that model's row alone (it used to relabel every row with
+    it); its encoder_weights (imagenet) is not fetched, with or without the override."""
+    for extra in ([], ["model.encoder_weights=null"]):
+        main(["model=smp_unet_resnet34", *extra, "data.image_size=64", "--runs", "1"])
+        rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+        assert len(rows) == 2, rows  # header and one model
+        assert rows[1].startswith("| smp_unet_resnet34 | 24,436,659 |")
