@@ -91,6 +91,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     article = article_protocol(cfg)  # sets data.eval_augment when on
     module = apply_tta(load_module(cfg.get("ckpt_path"), article), tta)
     datamodule = build(cfg.data)
+    if list(module.class_names) != datamodule.class_names:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} predicts {', '.join(module.class_names)}, but "
+            f"data.labels={cfg.data.labels} data.border={cfg.data.border} labels "
+            f"{', '.join(datamodule.class_names)}: pass the training run's data.labels and "
+            "data.border"
+        )
     datamodule.check_source()
     trainer = build_trainer(cfg, logger=False, enable_checkpointing=False)
     if resolution == "train":

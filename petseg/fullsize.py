@@ -41,7 +41,8 @@ class FullSizeLabels(Dataset):
         _, trimap = self.dataset.paths(index)
         return {
             "image": self.dataset[index]["image"],  # (3, S, S), the eval pipeline's input
-            "labels": torch.from_numpy(load_trimap(trimap)).long(),  # (H, W), untouched
+            # (H, W) at full size, mapped as data.labels / data.border map the training labels
+            "labels": self.dataset.to_labels(torch.from_numpy(load_trimap(trimap)).long()),
         }
 
 

@@ -41,9 +41,10 @@ from petseg.tta import apply_tta, tta_options
 
 log = logging.getLogger("petseg.predict")
 
-# Labels are trimap raw values - 1 (petseg.data.oxford.load_trimap), whatever class_names says.
+# Labels are trimap raw values - 1 (petseg.data.oxford.load_trimap), whatever class_names says;
+# a 2-class network (data.labels=binary or data.border=ignore) writes pet and background only.
 PET, BACKGROUND, BORDER = 0, 1, 2
-NUM_CLASSES = 3
+NUM_CLASSES = (2, 3)
 OVERLAY_COLORS = {PET: (0, 200, 0), BORDER: (255, 210, 0)}  # background keeps its pixels
 OVERLAY_FORMATS = ("png", "jpg")
 
@@ -169,10 +170,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     module = load_module(ckpt_path)
     net = module.hparams.net
-    if net.get("num_classes") != NUM_CLASSES:
+    if net.get("num_classes") not in NUM_CLASSES:
         raise ConfigError(
             f"ckpt_path={ckpt_path}: the network has {net.get('num_classes')} classes; masks are "
-            f"written as trimaps, which need {NUM_CLASSES} (pet, background, border)"
+            "written as trimaps, which need 3 (pet, background, border) or 2 (pet, background)"
         )
     image_size, source = resolve_image_size(cfg.get("image_size"), net, ckpt_path)
     out = output_folder(cfg, Path(cfg.input))
