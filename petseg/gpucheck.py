@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -188,7 +189,8 @@ def ensure_dataset(root: Path, sizes: Sizes, seed: int = 0) -> tuple[Path, bool]
         total = sizes.trainval + sizes.test
         procs = max(1, min(16, (os.cpu_count() or 1) - 2))
         chunk = max(1, math.ceil(total / (procs * 4)))
-        with ProcessPoolExecutor(procs) as pool:
+        # spawn: a fork of a process with live threads (W&B, torch) can deadlock in the child.
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
             shape = (sizes.width, sizes.height, seed)
             stops = [(a, min(a + chunk, total)) for a in range(0, total, chunk)]
             jobs = [pool.submit(write_samples, str(out), a, b, *shape) for a, b in stops]
