@@ -22,6 +22,7 @@ from petseg.bench.step import bench_step
 from petseg.checkpoint import resolve_device
 from petseg.config import model_names
 from petseg.errors import ConfigError, PetsegError
+from petseg.precision import cpu_has_bf16
 
 USAGE = """\
 Where a training run's time goes, measured in one process on the same data and models.
@@ -98,6 +99,9 @@ def run(
                 if dev.type == "cuda"
                 else (platform.processor() or platform.machine()),
                 "threads": torch.get_num_threads(),
+                # what trainer.precision=auto decides by (the fp32 vs bf16 rows measure it)
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "cpu_bf16": cpu_has_bf16()[1],
                 "data": source,
                 "image_size": size,
                 "batch": batch,

@@ -23,7 +23,8 @@ def markdown(result: dict[str, Any]) -> str:
     """The figures as Markdown tables."""
     env = result["env"]
     parts = [
-        f"torch {env['torch']}, {env['device_name']}, {env['threads']} threads; data: "
+        f"torch {env['torch']}, {env['device_name']} ({env.get('cpu_bf16', '')}), "
+        f"{env['threads']} threads; data: "
         f"{env['data']}; {env['image_size']} px",
         "",
         format_table(

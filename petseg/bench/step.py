@@ -19,6 +19,7 @@ from petseg.bench.common import Batch, autocast, precision_name, synchronize
 from petseg.build import build_module
 from petseg.errors import ConfigError
 from petseg.module import SegModule
+from petseg.precision import resolve_precision
 
 
 class InMemory:
@@ -213,7 +214,8 @@ def bench_step(
     """
     if len(batches) <= warmup:
         raise ConfigError(f"--steps must be >= 1 (got {len(batches) - warmup} after warmup)")
-    precision = precision_name(cfg.trainer.precision)
+    accelerator = "cuda" if batches[0]["image"].is_cuda else "cpu"
+    precision = precision_name(resolve_precision(cfg.trainer.precision, accelerator))
     torch.manual_seed(0)
     initial = copy.deepcopy(build_module(cfg).state_dict())
 
