@@ -48,6 +48,19 @@ def scores_from_confmat(
     return {k: v.float() for k, v in scores.items()}
 
 
+def image_soft_iou(
+    logits: torch.Tensor, target: torch.Tensor, ignored: torch.Tensor, smooth: float
+) -> torch.Tensor:
+    """`petseg.losses.soft_iou(average="image")` exactly, without its one-hot: the softmax sums
+    to 1 over classes, so per image union = 2V - tp over the V valid pixels (make bench: part of
+    a >5% faster training step). `ignored` (B, H, W) marks the pixels to leave out."""
+    valid = ~ignored
+    labels = target.masked_fill(ignored, 0).unsqueeze(1)  # (B, 1, H, W)
+    p_target = torch.softmax(logits.float(), 1).gather(1, labels).squeeze(1) * valid  # (B, H, W)
+    tp, count = p_target.sum((1, 2)), valid.sum((1, 2))
+    return ((tp + smooth) / (2 * count - tp + smooth)).mean()
+
+
 def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
     """`logits.argmax(1)` for (B, C, H, W) logits, as int64 (B, H, W), with its first-index ties.
 

@@ -16,12 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from petseg.errors import ConfigError, NonFiniteLossError
-from petseg.losses import soft_iou
 from petseg.metrics import (
     SOFT_IOU_SMOOTH,
     argmax_classes,
     article_batch_figures,
     confusion_table,
+    image_soft_iou,
     save_confusion,
     scores_from_confmat,
 )
@@ -141,10 +141,14 @@ class SegModule(L.LightningModule):
         # One confusion matrix per stage, every score derived from it. (A ModuleDict key cannot
         # be "train": it would shadow nn.Module.train.) validate_args=False: the checks run
         # torch.unique over every pixel of every batch; predictions are argmax indices anyway.
+        # One extra class takes the ignored pixels (torchmetrics' ignore_index copies every
+        # valid pixel out first): make bench, part of a >5% faster step; compute() drops it.
         num_classes = len(class_names)
-        options = {"ignore_index": ignore_index, "validate_args": False}
         self.confmats = torch.nn.ModuleDict(
-            {f"{stage}_cm": MulticlassConfusionMatrix(num_classes, **options) for stage in STAGES}
+            {
+                f"{stage}_cm": MulticlassConfusionMatrix(num_classes + 1, validate_args=False)
+                for stage in STAGES
+            }
         )
         self.article_protocol = article_protocol
         if article_protocol:
@@ -204,10 +208,10 @@ class SegModule(L.LightningModule):
     def _update_metrics(self, stage: str, logits: torch.Tensor, mask: torch.Tensor) -> None:
         """One batch into the stage's confusion matrix, soft IoU and article figures."""
         preds = argmax_classes(logits)
-        self.confmats[f"{stage}_cm"].update(preds, mask)
-        soft = soft_iou(
-            logits, mask, smooth=SOFT_IOU_SMOOTH, ignore_index=self.ignore_index, average="image"
-        )  # the batch's mean over images: weighted by its size, the split's mean over images
+        ignored = mask == self.ignore_index
+        self.confmats[f"{stage}_cm"].update(preds, mask.masked_fill(ignored, len(self.class_names)))
+        # the batch's mean over images: weighted by its size, the split's mean over images
+        soft = image_soft_iou(logits, mask, ignored, smooth=SOFT_IOU_SMOOTH)
         on = {"on_step": False, "on_epoch": True}
         self.log(f"{stage}/soft_iou", soft, batch_size=mask.shape[0], **on)
         if not self.article_protocol:
@@ -225,7 +229,8 @@ class SegModule(L.LightningModule):
         confmat = self.confmats[f"{stage}_cm"]
         if not confmat.update_called:  # e.g. an epoch that ran no batch of this stage
             return
-        cm = confmat.compute()
+        n = len(self.class_names)
+        cm = confmat.compute()[:n, :n]  # without the ignored pixels' class
         confmat.reset()
         scores = scores_from_confmat(cm, self.class_names)
         if self.article_protocol:

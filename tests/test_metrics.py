@@ -78,3 +78,22 @@ def test_article_protocol_turns_on_eval_augment(cfg_factory) -> None:
     datamodule = instantiate(clean.data)
     datamodule.setup("test")
     assert A.HorizontalFlip not in [type(t) for t in datamodule.test_set.transform.transforms]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_image_soft_iou_equals_the_losses_soft_iou(dtype: torch.dtype, ignore_index: int) -> None:
+    from petseg.losses import soft_iou
+    from petseg.metrics import image_soft_iou
+
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 3, 16, 16) * 3).to(dtype)
+    mask = torch.randint(0, 3, (4, 16, 16))
+    mask[0, :5] = ignore_index  # partly ignored
+    mask[1] = ignore_index  # an image with nothing to score
+    for smooth in (0.001, 1.0):
+        expected = soft_iou(
+            logits.float(), mask, smooth=smooth, ignore_index=ignore_index, average="image"
+        )
+        got = image_soft_iou(logits, mask, mask == ignore_index, smooth=smooth)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
