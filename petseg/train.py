@@ -329,7 +329,8 @@ def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
     metrics = to_floats(trainer.callback_metrics)  # val/miou_best: SegModule's, kept on resume
     best = trainer.checkpoint_callback
     if best is not None and best.best_model_path:
-        log.info("Best checkpoint: %s (val/miou %s)", best.best_model_path, best.best_model_score)
+        score = float(best.best_model_score) if best.best_model_score is not None else None
+        log.info("Best checkpoint: %s (val/miou %s)", best.best_model_path, score)
     if cfg.get("test"):
         ckpt = best.best_model_path if best is not None and best.best_model_path else None
         run_lightning(trainer, trainer.test, model=module, datamodule=datamodule, ckpt_path=ckpt)
