@@ -10,24 +10,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from test_module import ADAM, CE, TWO_CONV
 
 from petseg import bench
 from petseg.module import SegModule
 
 from conftest import TINY, quiet_trainer
-
-# A 2-conv network from torch's own modules: compiles in seconds, not the minutes of a SegNet.
-TWO_CONV = {
-    "_target_": "torch.nn.Sequential",
-    "_args_": [
-        {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3,
-         "padding": 1},
-        {"_target_": "torch.nn.ReLU"},
-        {"_target_": "torch.nn.Conv2d", "in_channels": 4, "out_channels": 3, "kernel_size": 1},
-    ],
-}  # fmt: skip
-CE = {"_target_": "torch.nn.CrossEntropyLoss"}
-ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 
 
 def positive_finite(value: object) -> bool:

@@ -124,8 +124,13 @@ def test_overfits_one_batch(
 ) -> None:
     """Training loss on one fixed batch falls below 20% of its start within the step budget."""
     torch.manual_seed(0)
-    net = make()
-    x, mask = disk_batch(size)
+    assert_overfits(make(), *disk_batch(size), lr=lr, max_steps=max_steps)
+
+
+def assert_overfits(
+    net: nn.Module, x: torch.Tensor, mask: torch.Tensor, lr: float, max_steps: int
+) -> None:
+    """Adam on one batch: the loss falls below 20% of its start within max_steps."""
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     first = loss = None
     for _ in range(max_steps):

@@ -26,7 +26,7 @@ from petseg.models.smp import IMAGENET_MEAN, IMAGENET_STD, SMPModel, preprocessi
 from petseg.module import SegModule
 
 from conftest import CONF_DIR, compose_config, quiet_trainer
-from test_models import disk_batch
+from test_models import assert_overfits, disk_batch
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("smp*.yaml"))
 OFFLINE = "model.encoder_weights=null"
@@ -80,18 +80,7 @@ def test_overfits_one_batch(options: dict, lr: float, max_steps: int) -> None:
     """Training loss on one fixed 64 px batch falls below 20% of its start within the budget."""
     torch.manual_seed(0)
     net = SMPModel(encoder_weights=None, **options)
-    x, mask = disk_batch(64)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    first = loss = None
-    for _ in range(max_steps):
-        loss = F.cross_entropy(net(x), mask)
-        first = first or loss.item()
-        if loss.item() < 0.2 * first:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2 * first, f"loss {first:.3f} -> {loss.item():.3f} in {max_steps} steps"
+    assert_overfits(net, *disk_batch(64), lr=lr, max_steps=max_steps)
 
 
 # --- input normalisation ------------------------------------------------------------------------
