@@ -1,6 +1,7 @@
 """`python -m petseg.predict ckpt_path=... input=<image or folder> output=<folder>`: new images.
 
-For each image writes `<name>_mask.png` (mode L, trimap values 1 pet / 2 background / 3 border, at
+For each image writes `<name>_mask.png` (a palette PNG whose indices are the trimap values 1 pet /
+2 background / 3 border, coloured as the training pictures; at
 the image's own size), `<name>_overlay.png` (pet tinted green, border yellow) and, with
 `cutout=true`, `<name>_cutout.png` (RGBA, background transparent). Images are read upright as
 viewers show them (EXIF orientation applied first) and converted to RGB by `petseg.photo` (16-bit
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
+from tqdm import tqdm
 
 from petseg.checkpoint import load_module, resolve_device, resolve_image_size
 from petseg.config import CONF_DIR
@@ -38,6 +40,7 @@ from petseg.metrics import argmax_classes
 from petseg.module import SegModule
 from petseg.photo import read_photo
 from petseg.tta import apply_tta, tta_options
+from petseg.visualize import class_colour
 
 log = logging.getLogger("petseg.predict")
 
@@ -142,12 +145,21 @@ def cutout(image: np.ndarray, labels: np.ndarray, keep_border: bool) -> np.ndarr
     return np.dstack([image * keep[..., None].astype(np.uint8), alpha])
 
 
+def mask_png(labels: np.ndarray) -> Image.Image:
+    """Labels (H, W) as a trimap PNG: palette indices label + 1, so the dataset's own reader
+    (petseg.data.oxford.load_trimap) reads it, coloured with the training pictures' palette."""
+    image = Image.fromarray((labels + 1).astype(np.uint8), mode="P")
+    colors = [(0, 0, 0), *(class_colour(label) for label in range(3))]  # index 0 is unused
+    image.putpalette([channel for color in colors for channel in color])
+    return image
+
+
 def save_outputs(
     image: np.ndarray, labels: np.ndarray, out: Path, name: str, cfg: DictConfig
 ) -> list[Path]:
     """Mask, overlay and (with cfg.cutout) cutout of one image; returns the files written."""
     files = [out / f"{name}_mask.png", out / f"{name}_overlay.{cfg.overlay_format}"]
-    Image.fromarray(labels + 1).save(files[0])  # trimap encoding: label + 1, mode L
+    mask_png(labels).save(files[0])
     blend = Image.fromarray(overlay(image, labels, float(cfg.overlay_alpha)))
     blend.save(files[1], **({"quality": 90} if cfg.overlay_format == "jpg" else {}))
     if cfg.cutout:
@@ -196,7 +208,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             written[str(path)] = [str(f) for f in files]
         batch.clear()
 
-    for path in paths:
+    for path in tqdm(paths, desc="predict", unit="img", disable=None):
         try:
             image = read_photo(path)  # upright (EXIF), any mode to RGB uint8, or one line
         except DataError as e:

@@ -126,7 +126,7 @@ def test_predict_mixed_folder(ckpt: Path, mixed: Path, tmp_path: Path, capsys) -
         files = [out / f"{stem}_{kind}.png" for kind in ("mask", "overlay", "cutout")]
         assert result["written"][str(mixed / name)] == [str(f) for f in files]
         mask, over, cut = (Image.open(f) for f in files)
-        assert (mask.mode, mask.size) == ("L", (w, h))
+        assert (mask.mode, mask.size) == ("P", (w, h))
         assert (over.mode, over.size) == ("RGB", (w, h))
         assert (cut.mode, cut.size) == ("RGBA", (w, h))
         values = np.asarray(mask)
@@ -335,3 +335,21 @@ def test_bad_tta_is_one_line(mixed: Path, tmp_path: Path, capsys) -> None:
         "error: tta.scales=[1, -0.5] must be a non-empty list of numbers > 0, e.g. "
         "tta.scales=[0.75,1,1.25] (1: the size the network runs at)"
     ]
+
+
+def test_mask_is_a_palette_png_of_trimap_values(ckpt: Path, mixed: Path, tmp_path: Path) -> None:
+    from petseg.data.oxford import load_trimap
+    from petseg.visualize import class_colour
+
+    out = tmp_path / "out"
+    cfg = predict_config(tmp_path, f"ckpt_path={ckpt}", f"input={mixed}", f"output={out}")
+    with single_thread():
+        result = predict(cfg)
+    mask_file = Path(next(iter(result["written"].values()))[0])
+    with Image.open(mask_file) as mask:
+        assert mask.mode == "P"  # coloured in a viewer (mode L with 1..3 looks black)
+        values = set(np.unique(np.asarray(mask)).tolist())
+        palette = mask.getpalette()
+    assert values <= {1, 2, 3} and values
+    assert tuple(palette[3:6]) == class_colour(0)  # index 1 (pet): the training pictures' colour
+    assert set(np.unique(load_trimap(mask_file)).tolist()) == {v - 1 for v in values}
