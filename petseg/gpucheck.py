@@ -390,6 +390,8 @@ class GpuCheck:
         self.peak = report.data["peak_bf16_tflops"]
         self.procs: dict[str, tuple[subprocess.Popen, Path, float]] = {}
         self.stage_end = deadline
+        # One datamodule for every throughput fit: one setup, one cache check (same data, batch).
+        self.datamodule: Any = None
 
     def left(self) -> float:
         return min(self.stage_end, self.deadline) - time.monotonic()
@@ -539,8 +541,8 @@ class GpuCheck:
         smaller = [o for m, o in s.model_overrides if m == model]
         overrides = [*self.base_overrides(), *MODELS[model], *extra, *smaller]
         cfg = compose_cfg([*overrides, f"data.batch_size={s.batch_size}"], self.work / model)
-        if getattr(self, "_datamodule", None) is None:  # one datamodule: one setup, one cache check
-            self._datamodule = build(cfg.data)
+        if self.datamodule is None:
+            self.datamodule = build(cfg.data)
         module = build_module(cfg)
         size = s.image_size
         macs = mult_adds(module.net, torch.zeros(1, 3, size, size))
@@ -552,8 +554,7 @@ class GpuCheck:
             cfg, [wait, timer], max_epochs=1, limit_val_batches=0, benchmark=not self.dry_run,
             limit_train_batches=s.warmup_steps + s.measured_steps,
         )  # fmt: skip
-        self._datamodule.batch_size = s.batch_size
-        trainer.fit(module, datamodule=self._datamodule)
+        trainer.fit(module, datamodule=self.datamodule)
         sync()
         ips = timer.images_per_s
         tflops = achieved_tflops(macs, ips) if ips else None
