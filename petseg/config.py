@@ -7,12 +7,14 @@ values that compose fine but cannot work, with one line naming the key, the valu
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, open_dict
 
 from petseg.data.oxford import IGNORE_INDEX, check_label_choice
 from petseg.errors import ConfigError
@@ -27,6 +29,17 @@ PRECISIONS = (
     32, 16, 64, "32", "16", "64", "bf16",
     "auto",  # petseg's own: petseg.precision picks one of the above for the device
 )  # fmt: skip
+
+
+def compose_run(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """The config `python -m petseg.train <overrides>` would run with (its run folder
+    `output_dir` when given: Hydra's own is set only inside a Hydra app)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
 
 
 def model_names() -> list[str]:

@@ -47,13 +47,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from petseg.atomic import atomic_open
 from petseg.build import build, build_module, build_trainer
 from petseg.callbacks import DataWait
-from petseg.config import CONF_DIR
+from petseg.config import CONF_DIR, compose_run
+from petseg.data.layout import user_cache_dir
 from petseg.flops import mult_adds
 
 log = logging.getLogger("petseg.gpucheck")
@@ -128,10 +128,6 @@ DRY = Sizes(
                      ("segformer", "model.depths=[1,1,1,1]"),
                      ("smp_unet_resnet34", "model.encoder_name=resnet18")),
 )  # fmt: skip
-
-
-def user_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "petseg"
 
 
 def peak_bf16_tflops(name: str) -> float | None:
@@ -209,15 +205,6 @@ def ensure_dataset(root: Path, sizes: Sizes, seed: int = 0) -> tuple[Path, bool]
 
 
 # --- composing and timing fits -----------------------------------------------------------
-
-
-def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config `python -m petseg.train <overrides>` would run, its run folder output_dir."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def sync() -> None:
@@ -508,7 +495,7 @@ class GpuCheck:
         for cache in ("cold", "warm"):
             if cache == "cold":
                 shutil.rmtree(cache_root(self.base), ignore_errors=True)
-            cfg = compose_cfg([*self.base_overrides(), "model=segnet_dsc"],
+            cfg = compose_run([*self.base_overrides(), "model=segnet_dsc"],
                               self.work / f"epoch-{cache}")  # fmt: skip
             datamodule = build(cfg.data)
             t = time.perf_counter()
@@ -540,7 +527,7 @@ class GpuCheck:
         s = self.sizes
         smaller = [o for m, o in s.model_overrides if m == model]
         overrides = [*self.base_overrides(), *MODELS[model], *extra, *smaller]
-        cfg = compose_cfg([*overrides, f"data.batch_size={s.batch_size}"], self.work / model)
+        cfg = compose_run([*overrides, f"data.batch_size={s.batch_size}"], self.work / model)
         if self.datamodule is None:
             self.datamodule = build(cfg.data)
         module = build_module(cfg)
@@ -591,7 +578,7 @@ class GpuCheck:
 
     def check_fused_adam(self) -> None:
         """Fused vs the for-loop Adam on the same parameters and gradients, 10 steps."""
-        cfg = compose_cfg([*self.base_overrides(), "model=segnet_dsc"], self.work / "adam")
+        cfg = compose_run([*self.base_overrides(), "model=segnet_dsc"], self.work / "adam")
         torch.manual_seed(0)
         net = build(cfg.model).to(self.device)
         copies = [[torch.nn.Parameter(p.detach().clone()) for p in net.parameters()]
@@ -612,8 +599,8 @@ class GpuCheck:
     def check_gpu_augment(self) -> None:
         """Flip rate, jitter rate and the brightness ratio's mean and std: CPU path vs device."""
         over = [*self.base_overrides(), "model=segnet_dsc"]
-        cpu_dm = build(compose_cfg(over, self.work / "aug").data)
-        dev_dm = build(compose_cfg([*over, "data.gpu_augment=true"], self.work / "aug").data)
+        cpu_dm = build(compose_run(over, self.work / "aug").data)
+        dev_dm = build(compose_run([*over, "data.gpu_augment=true"], self.work / "aug").data)
         for dm in (cpu_dm, dev_dm):
             dm.setup("fit")
         n, count = self.sizes.augment_draws, len(cpu_dm.train_set)
@@ -704,7 +691,7 @@ def run_check(
     """Every stage within budget_s of the module's import (the process start); the report."""
     sizes = sizes or (DRY if dry_run else Sizes())
     work = out / ("dry-run-work" if dry_run else "work")
-    data_root = data_root or user_cache() / ("gpu-check-dry" if dry_run else "gpu-check-data")
+    data_root = data_root or user_cache_dir() / ("gpu-check-dry" if dry_run else "gpu-check-data")
     info = {**device_info(dry_run), "dry_run": dry_run, "budget_s": budget_s,
             "precision": sizes.precision, "image_size": sizes.image_size,
             "sizes": asdict(sizes)}  # fmt: skip

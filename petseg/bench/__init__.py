@@ -6,9 +6,9 @@ hand-written loop), forward + backward per model, and eager vs ONNX Runtime late
 """
 
 from petseg.bench.cli import main, run
-from petseg.bench.common import compose_run
 from petseg.bench.models import bench_onnx
 from petseg.bench.step import InMemory, PlainLoop, lightning_step_seconds, paired_step_seconds
+from petseg.config import compose_run
 
 __all__ = [
     "InMemory",

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from petseg.bench.common import compose_run, data_source, precision_name
+from petseg.bench.common import data_source, precision_name
 from petseg.bench.models import bench_model, onnx_row
 from petseg.bench.pipeline import bench_pipeline, collate
 from petseg.bench.report import markdown, write_report
 from petseg.bench.step import bench_step
 from petseg.checkpoint import resolve_device
-from petseg.config import model_names
+from petseg.config import compose_run, model_names
 from petseg.errors import ConfigError, PetsegError
 from petseg.precision import cpu_has_bf16
 

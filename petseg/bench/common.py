@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from petseg.config import CONF_DIR
 from petseg.data.layout import find_base
 from petseg.data.oxford import read_split
 from petseg.data.synthetic import ensure_synthetic
@@ -22,12 +18,6 @@ PETS_MINI = Path(__file__).resolve().parents[3] / "shared" / "data" / "pets-mini
 AUTOCAST = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 Batch = dict[str, torch.Tensor]
-
-
-def compose_run(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `python -m petseg.train <overrides>` would run with."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def precision_name(value: Any) -> str:

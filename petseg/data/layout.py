@@ -72,6 +72,10 @@ def cache_place(base: Path, local: str, elsewhere: str) -> Path:
     with `{key}` filled by a hash of the dataset's path, so datasets never share a cache."""
     if writable(base):
         return base / local
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:16]
-    return cache_home / "petseg" / elsewhere.format(key=key)
+    return user_cache_dir() / elsewhere.format(key=key)
+
+
+def user_cache_dir() -> Path:
+    """petseg's folder in the user cache: $XDG_CACHE_HOME/petseg, else ~/.cache/petseg."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "petseg"
