@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,8 @@ from petseg.atomic import atomic_open
 
 if TYPE_CHECKING:
     import lightning as L
+
+log = logging.getLogger("petseg.run_status")
 
 STATUS_FILE = "status.json"
 HEARTBEAT_S = 30.0
@@ -69,11 +72,12 @@ def effective_status(status: dict[str, Any]) -> str:
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the half-written `.<name>.*.tmp` files (petseg.atomic) a killed run left in
-    `<folder>/checkpoints`; the caller makes sure that run is dead."""
+    """Delete (and log) the half-written `.<name>.*.tmp` files (petseg.atomic) a killed run left
+    in `<folder>/checkpoints`; the caller makes sure that run is dead."""
     removed = []
     for tmp in (Path(folder) / "checkpoints").glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+        log.warning("Removed %s, a checkpoint half-written by a run that was killed", tmp)
         removed.append(tmp)
     return removed
 

@@ -166,8 +166,7 @@ def status_file(cfg: DictConfig) -> StatusFile | None:
             f"{folder}: another run is still writing to this folder (pid {previous.get('pid')} "
             f"on {previous.get('host')}); wait for it or choose another hydra.run.dir"
         )
-    for tmp in remove_stale_temp_files(folder):
-        log.warning("Removed %s, a checkpoint half-written by a run that was killed", tmp)
+    remove_stale_temp_files(folder)
     return StatusFile(folder)
 
 
@@ -211,8 +210,7 @@ def resolve_resume(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt}: the run in {folder} is still running (pid {status.get('pid')} on "
             f"{status.get('host')}); stop it first, or resume from a copy of {path.name}"
         )
-    for tmp in remove_stale_temp_files(folder):
-        log.warning("Removed %s, a checkpoint half-written by a run that was killed", tmp)
+    remove_stale_temp_files(folder)
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
         if status.get("wandb_id") and cfg.get("logger") and "wandb" in cfg.logger:
@@ -277,6 +275,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_wandb(code)
         if status is not None:
             status.end(state, error=error, exit_code=code)
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C outside fit: the same end as inside
+            raise Interrupted(signal.SIGINT) from None
         raise
     finish_wandb(0)
     if status is not None:
@@ -347,8 +347,7 @@ def main(cfg: DictConfig) -> float | None:
     """Exit code 0 completed, 1 failed, 128 + signal for SIGINT (130) or SIGTERM (143)."""
     try:
         metrics = train(cfg)
-    except (Interrupted, KeyboardInterrupt) as e:
-        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+    except Interrupted as stop:
         log.warning("Run interrupted by %s; resume with ckpt_path=last", stop.name)
         raise SystemExit(stop.code) from None
     except Exception as e:
