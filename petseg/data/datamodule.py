@@ -283,6 +283,8 @@ class PetDataModule(L.LightningDataModule):
             val_rows = cached.select(usable["val"]) if cached is not None else None
             self.train_set = self.dataset(usable["train"], augment, size, train_rows)
             self.val_set = self.dataset(usable["val"], evaluate, size, val_rows)
+        if stage in (None, "test", "predict") and self.test_set is None and not self.val_fraction:
+            self.test_set = self.val_set  # no split: val already is the test list, same pipeline
         if stage in (None, "test", "predict") and self.test_set is None:
             test = self.usable({"test": read_split(base, "test")})["test"]
             self.test_set = self.dataset(test, evaluate, size, self.decoded(test, "test"))
