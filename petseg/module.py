@@ -217,7 +217,7 @@ class SegModule(L.LightningModule):
         if not self.article_protocol:
             return
         # Ignored pixels count as background, which the article's scores skip.
-        target = mask.masked_fill(mask == self.ignore_index, self.background_index)
+        target = mask.masked_fill(ignored, self.background_index)
         self.article_ious[f"{stage}_article_iou"].update(preds, target)
         if stage != "train":  # its figures are means of per-batch values: each batch weighs 1
             num_classes = len(self.class_names)
