@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
+from petseg.bench.pipeline import worker_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -93,16 +93,9 @@ def quiet_trainer(root: str | Path | None, **options) -> L.Trainer:
     return L.Trainer(default_root_dir=root, **{**defaults, **options})
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread for tiny tensors (several times faster on a busy 2-core CPU), and the
-    count restored after, so later tests run as configured."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# One intra-op thread for tiny tensors (several times faster on a busy 2-core CPU), the count
+# restored after so later tests run as configured: the bench's worker_threads does just that.
+single_thread = worker_threads
 
 
 @pytest.fixture
