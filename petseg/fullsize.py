@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from petseg.confusion import save_confusion
 from petseg.data.oxford import PetTrimaps, load_trimap
 from petseg.losses import soft_iou
-from petseg.metrics import SOFT_IOU_SMOOTH, argmax_classes, save_confusion, scores_from_confmat
+from petseg.metrics import SOFT_IOU_SMOOTH, argmax_classes, scores_from_confmat
 from petseg.module import SegModule
 
 CONFUSION_NAME = "test_original"  # <run dir>/confusion/test_original.png|.csv

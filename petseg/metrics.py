@@ -1,6 +1,5 @@
 """Segmentation scores derived from one dataset-level confusion matrix (rows target, cols pred),
-the article's evaluation protocol (its per-batch figures), and the confusion matrix as an image
-and a table.
+and the article's evaluation protocol (its per-batch figures).
 
 Accumulating the confusion matrix over a whole split and deriving every score from it gives the
 dataset-level IoU, not a mean of per-batch IoUs.
@@ -8,14 +7,10 @@ dataset-level IoU, not a mean of per-batch IoUs.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, open_dict
-from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.functional.classification import multiclass_jaccard_index
 
 # The article's soft IoU metric is petseg.losses.soft_iou(..., smooth=0.001, average="image").
@@ -46,19 +41,6 @@ def scores_from_confmat(
         scores[f"iou_{name}"] = iou[c]
         scores[f"dice_{name}"] = dice[c]
     return {k: v.float() for k, v in scores.items()}
-
-
-def image_soft_iou(
-    logits: torch.Tensor, target: torch.Tensor, ignored: torch.Tensor, smooth: float
-) -> torch.Tensor:
-    """`petseg.losses.soft_iou(average="image")` exactly, without its one-hot: the softmax sums
-    to 1 over classes, so per image union = 2V - tp over the V valid pixels (make bench: part of
-    a >5% faster training step). `ignored` (B, H, W) marks the pixels to leave out."""
-    valid = ~ignored
-    labels = target.masked_fill(ignored, 0).unsqueeze(1)  # (B, 1, H, W)
-    p_target = torch.softmax(logits.float(), 1).gather(1, labels).squeeze(1) * valid  # (B, H, W)
-    tp, count = p_target.sum((1, 2)), valid.sum((1, 2))
-    return ((tp + smooth) / (2 * count - tp + smooth)).mean()
 
 
 def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
@@ -124,66 +106,3 @@ def article_protocol(cfg: DictConfig) -> bool:
         with open_dict(cfg):
             cfg.data.eval_augment = True
     return on
-
-
-# --- the confusion matrix as a table and an image -------------------------------------------------
-
-
-def confusion_table(
-    confmat: torch.Tensor, class_names: Sequence[str]
-) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows of the confusion matrix: one row per target class, counts per prediction."""
-    counts = confmat.detach().cpu().long().tolist()
-    columns = ["target", *(f"pred_{name}" for name in class_names), "total"]
-    rows = [[name, *row, sum(row)] for name, row in zip(class_names, counts, strict=True)]
-    return columns, rows
-
-
-def confusion_image(
-    confmat: torch.Tensor, class_names: Sequence[str], title: str = ""
-) -> Image.Image:
-    """A heatmap coloured by row-normalised value (recall per target class), cells with count and %.
-
-    Plain PIL, so no plotting library is needed; white -> dark blue as the fraction goes 0 -> 1.
-    """
-    cm = confmat.detach().cpu().double()
-    fractions = cm / cm.sum(1, keepdim=True).clamp_min(1)
-    n = len(class_names)
-    font = ImageFont.load_default(size=12)
-    cell_w, cell_h = 96, 44
-    left = max(64, 12 + max(int(font.getlength(name)) for name in class_names))
-    top = 52
-    img = Image.new("RGB", (left + n * cell_w + 8, top + n * cell_h + 8), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((8, 6), title or "confusion matrix", fill="black", font=font)
-    draw.text((left, 22), "predicted ->", fill="black", font=font)
-    for j, name in enumerate(class_names):
-        draw.text((left + j * cell_w + 4, top - 16), name, fill="black", font=font)
-    for i, name in enumerate(class_names):
-        y = top + i * cell_h
-        draw.text((6, y + cell_h // 2 - 7), name, fill="black", font=font)
-        for j in range(n):
-            x = left + j * cell_w
-            f = float(fractions[i, j])
-            shade = (int(255 - 222 * f), int(255 - 175 * f), int(255 - 100 * f))
-            draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=shade, outline="gray")
-            ink = "white" if f > 0.5 else "black"
-            draw.text((x + 6, y + 6), f"{int(cm[i, j])}", fill=ink, font=font)
-            draw.text((x + 6, y + 24), f"{100 * f:.1f}%", fill=ink, font=font)
-    return img
-
-
-def save_confusion(
-    confmat: torch.Tensor, class_names: Sequence[str], folder: str | Path, name: str
-) -> tuple[Path, Path]:
-    """Write `<folder>/<name>.png` (heatmap) and `<folder>/<name>.csv` (counts); return both."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    png, table = folder / f"{name}.png", folder / f"{name}.csv"
-    confusion_image(confmat, class_names, title=f"{name} (rows target, cols pred)").save(png)
-    columns, rows = confusion_table(confmat, class_names)
-    with open(table, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    return png, table

@@ -3,75 +3,38 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from petseg.confusion import report_confusion
 from petseg.errors import ConfigError, NonFiniteLossError
+from petseg.losses import soft_iou
 from petseg.metrics import (
     SOFT_IOU_SMOOTH,
     argmax_classes,
     article_batch_figures,
-    confusion_table,
-    image_soft_iou,
-    save_confusion,
     scores_from_confmat,
 )
+from petseg.optim import configure_optimizers
 
 Config = Mapping[str, Any]
 STAGES = ("train", "val", "test")
-# Optimizers with a fused CUDA kernel (one launch for every parameter), used when on CUDA.
-FUSABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 # The checkpoint entry that holds the best val/miou so far and its epoch (SegModule.best_val_*).
 BEST_KEY = "petseg_val_miou_best"
 
 
 def plain(cfg: Config | None) -> dict[str, Any] | None:
     """A resolved plain dict: what goes into the checkpoint, loadable without Hydra or the yaml."""
-    if cfg is None or isinstance(cfg, dict):
-        return cfg
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
-
-
-def use_fused(
-    optimizer: Callable[..., torch.optim.Optimizer], device_types: Collection[str]
-) -> bool:
-    """Whether to pass `fused=True`: Adam/AdamW, every parameter on CUDA, fused/foreach not set.
-
-    `optimizer` is the partial from the optimizer config; an explicit `fused` (also false) or
-    `foreach: true` in it is the user's choice and wins.
-    """
-    cls = getattr(optimizer, "func", optimizer)
-    keywords = getattr(optimizer, "keywords", {})
-    return (
-        isinstance(cls, type)
-        and issubclass(cls, FUSABLE_OPTIMIZERS)
-        and set(device_types) == {"cuda"}
-        and keywords.get("fused") is None
-        and not keywords.get("foreach")
-    )
-
-
-def scores_step(trainer: L.Trainer) -> int:
-    """The step Lightning gives the loggers for this stage's epoch-end scores (`self.log`), so
-    pictures and tables logged by hand sit at the same step as the scores they belong to.
-
-    A validation inside fit runs after its batch's optimizer step but before Lightning's count of
-    batches that stepped goes up: one below trainer.global_step. Otherwise trainer.global_step.
-    """
-    if trainer.state.fn == TrainerFn.FITTING:
-        return max(0, trainer.global_step - 1)
-    return trainer.global_step
+    return None if cfg is None else dict(cfg)
 
 
 def strip_compile_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,9 +48,8 @@ class SegModule(L.LightningModule):
 
     Per stage (`train/`, `val/`, `test/`), over the whole split: loss, the confusion-matrix scores
     (`petseg.metrics.scores_from_confmat`), `soft_iou` (mean over images) and, with
-    `article_protocol`, the article's figures (`petseg.metrics.article_protocol`). Validation also
-    logs `val/miou_best` and its epoch (kept in checkpoints). `channels_last`, `compile` and
-    `train_metrics_every_n_steps` are the `perf.*` speed switches, not hyperparameters.
+    `article_protocol`, the article's figures. Validation also logs `val/miou_best` and its epoch.
+    `channels_last`, `compile` and `train_metrics_every_n_steps` are the `perf.*` speed switches.
     """
 
     def __init__(
@@ -105,25 +67,18 @@ class SegModule(L.LightningModule):
     ) -> None:
         super().__init__()
         net, loss, class_names = plain(net), plain(loss), list(class_names)
-        self.save_hyperparameters(
-            {
-                "net": net,
-                "loss": loss,
-                "optimizer": plain(optimizer),
-                "scheduler": plain(scheduler) or None,
-                "class_names": class_names,
-                "ignore_index": ignore_index,
-                "article_protocol": article_protocol,
-            },
-            logger=False,  # loggers get the whole composed config from petseg.train, once
-        )
+        hparams = {"net": net, "loss": loss, "optimizer": plain(optimizer)}
+        hparams |= {"scheduler": plain(scheduler) or None, "class_names": class_names}
+        hparams |= {"ignore_index": ignore_index, "article_protocol": article_protocol}
+        # loggers get the whole composed config from petseg.train, once
+        self.save_hyperparameters(hparams, logger=False)
         self.net = instantiate(net)
         self.criterion = instantiate(loss)
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # 4-D weights; the rest unchanged
         self.compile_backend = "inductor" if compile is True else (compile or None)
-        self._compiled = False
+        self.compiled = False
         every = train_metrics_every_n_steps
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(
@@ -131,22 +86,21 @@ class SegModule(L.LightningModule):
                 "(1: every training batch, exact)"
             )
         self.train_metrics_every_n_steps = every
-        self.class_names = class_names
-        self.ignore_index = ignore_index
-        # The first global step with a non-finite train loss (-1: none), kept on the loss's device.
-        self._first_nonfinite: torch.Tensor | None = None
+        self.class_names, self.ignore_index = class_names, ignore_index
+        # The first global step with a non-finite train loss (-1: none), on the loss's device.
+        self.first_nonfinite: torch.Tensor | None = None
         # The best val/miou of the fit so far and its epoch (None: none yet); in checkpoints.
         self.best_val_miou: float | None = None
         self.best_val_epoch: int | None = None
-        # One confusion matrix per stage, every score derived from it. (A ModuleDict key cannot
-        # be "train": it would shadow nn.Module.train.) validate_args=False: the checks run
-        # torch.unique over every pixel of every batch; predictions are argmax indices anyway.
-        # One extra class takes the ignored pixels (torchmetrics' ignore_index copies every
-        # valid pixel out first): make bench, part of a >5% faster step; compute() drops it.
-        num_classes = len(class_names)
+        # One confusion matrix per stage, every score derived from it ("train" cannot be a
+        # ModuleDict key: it would shadow nn.Module.train). validate_args=False: the checks run
+        # torch.unique over every pixel, a GPU sync per batch.
+        n = len(class_names)
         self.confmats = torch.nn.ModuleDict(
             {
-                f"{stage}_cm": MulticlassConfusionMatrix(num_classes + 1, validate_args=False)
+                f"{stage}_cm": MulticlassConfusionMatrix(
+                    n, ignore_index=ignore_index, validate_args=False
+                )
                 for stage in STAGES
             }
         )
@@ -158,16 +112,9 @@ class SegModule(L.LightningModule):
                     f"{class_names} has no 'background'; name the background class 'background'"
                 )
             self.background_index = class_names.index("background")
+            iou = {"average": "micro", "ignore_index": self.background_index}
             self.article_ious = torch.nn.ModuleDict(
-                {
-                    f"{stage}_article_iou": MulticlassJaccardIndex(
-                        num_classes,
-                        average="micro",
-                        ignore_index=self.background_index,
-                        validate_args=False,
-                    )
-                    for stage in STAGES
-                }
+                {f"{stage}_iou": MulticlassJaccardIndex(n, **iou) for stage in STAGES}
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,9 +124,9 @@ class SegModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Compile the network once, in place (no `_orig_mod.` keys), when a trainer first runs."""
-        if self.compile_backend and not self._compiled:
+        if self.compile_backend and not self.compiled:
             self.net.compile(backend=self.compile_backend)
-            self._compiled = True
+            self.compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[BEST_KEY] = {"value": self.best_val_miou, "epoch": self.best_val_epoch}
@@ -208,17 +155,22 @@ class SegModule(L.LightningModule):
     def _update_metrics(self, stage: str, logits: torch.Tensor, mask: torch.Tensor) -> None:
         """One batch into the stage's confusion matrix, soft IoU and article figures."""
         preds = argmax_classes(logits)
-        ignored = mask == self.ignore_index
-        self.confmats[f"{stage}_cm"].update(preds, mask.masked_fill(ignored, len(self.class_names)))
-        # the batch's mean over images: weighted by its size, the split's mean over images
-        soft = image_soft_iou(logits, mask, ignored, smooth=SOFT_IOU_SMOOTH)
+        self.confmats[f"{stage}_cm"].update(preds, mask)
+        # the batch's mean over images; weighted by the batch size, the split's mean over images
+        soft = soft_iou(
+            logits.float(),
+            mask,
+            smooth=SOFT_IOU_SMOOTH,
+            ignore_index=self.ignore_index,
+            average="image",
+        )
         on = {"on_step": False, "on_epoch": True}
         self.log(f"{stage}/soft_iou", soft, batch_size=mask.shape[0], **on)
         if not self.article_protocol:
             return
         # Ignored pixels count as background, which the article's scores skip.
-        target = mask.masked_fill(ignored, self.background_index)
-        self.article_ious[f"{stage}_article_iou"].update(preds, target)
+        target = mask.masked_fill(mask == self.ignore_index, self.background_index)
+        self.article_ious[f"{stage}_iou"].update(preds, target)
         if stage != "train":  # its figures are means of per-batch values: each batch weighs 1
             num_classes = len(self.class_names)
             figures = article_batch_figures(preds, target, soft, num_classes, self.background_index)
@@ -229,51 +181,31 @@ class SegModule(L.LightningModule):
         confmat = self.confmats[f"{stage}_cm"]
         if not confmat.update_called:  # e.g. an epoch that ran no batch of this stage
             return
-        n = len(self.class_names)
-        cm = confmat.compute()[:n, :n]  # without the ignored pixels' class
+        cm = confmat.compute()
         confmat.reset()
         scores = scores_from_confmat(cm, self.class_names)
         if self.article_protocol:
-            scores["article_iou"] = self.article_ious[f"{stage}_article_iou"].compute()
-            self.article_ious[f"{stage}_article_iou"].reset()
+            scores["article_iou"] = self.article_ious[f"{stage}_iou"].compute()
+            self.article_ious[f"{stage}_iou"].reset()
         miou = scores.pop("miou")
         self.log(f"{stage}/miou", miou, prog_bar=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()})
         if stage == "val":
             self._log_best(float(miou))
         if stage != "train":
-            self._report_confusion(stage, cm)
+            report_confusion(
+                self.trainer, cm, self.class_names, f"{stage}_epoch{self.current_epoch:03d}"
+            )
 
     def _log_best(self, miou: float) -> None:
         """val/miou_best and its epoch, in a fit (not its sanity check); a NaN mIoU is no best."""
-        trainer = self.trainer
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
             return
         if not math.isnan(miou) and (self.best_val_miou is None or miou > self.best_val_miou):
             self.best_val_miou, self.best_val_epoch = miou, self.current_epoch
         if self.best_val_miou is not None:
             self.log("val/miou_best", self.best_val_miou)
             self.log("val/miou_best_epoch", float(self.best_val_epoch))
-
-    def _report_confusion(self, stage: str, cm: torch.Tensor) -> None:
-        """The split's confusion matrix as PNG + CSV in the run folder, and to W&B if it logs."""
-        trainer = self.trainer
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        name = f"{stage}_epoch{self.current_epoch:03d}"
-        png, _ = save_confusion(
-            cm, self.class_names, Path(trainer.default_root_dir) / "confusion", name
-        )
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
-
-                columns, rows = confusion_table(cm, self.class_names)
-                confusion = {
-                    f"{stage}/confusion_table": wandb.Table(columns=columns, data=rows),
-                    f"{stage}/confusion": wandb.Image(str(png), caption=name),
-                }
-                logger.log_metrics(confusion, step=scores_step(trainer))  # type: ignore[arg-type]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         metrics = batch_idx % self.train_metrics_every_n_steps == 0
@@ -284,24 +216,22 @@ class SegModule(L.LightningModule):
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop on a NaN/inf loss, naming the first step that had one.
 
-        The first bad step is kept on the loss's device and read on CPU every step; on a GPU only
-        on logging steps and the epoch's last batch (before any epoch-end checkpoint), since a
-        read syncs the GPU, and then within trainer.log_every_n_steps steps.
+        The first bad step is kept on the loss's device; on a GPU it is read (a sync) only on
+        logging steps and the epoch's last batch (before its checkpoint), on a CPU every step.
         """
-        first = self._first_nonfinite
+        first = self.first_nonfinite
         if first is None or first.device != loss.device:
             first = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad = ~torch.isfinite(loss.detach())
-        # A Python int, not a tensor: copying one to the GPU would sync on every step.
-        self._first_nonfinite = torch.where(bad & (first < 0), self.global_step, first)
+        # a Python int, not a tensor: copying one to the GPU would sync on every step
+        self.first_nonfinite = torch.where(bad & (first < 0), self.global_step, first)
         if loss.device.type != "cpu":
             trainer, every = self.trainer, self.trainer.log_every_n_steps
             logging_step = every > 0 and (trainer.global_step + 1) % every == 0
             last = batch_idx + 1 >= trainer.num_training_batches
             if not (logging_step or last or trainer.fast_dev_run):
                 return
-        bad_step = int(self._first_nonfinite)
-        if bad_step >= 0:
+        if (bad_step := int(self.first_nonfinite)) >= 0:
             raise NonFiniteLossError(
                 f"train/loss is not finite (nan or inf) at global step {bad_step} "
                 f"(epoch {self.current_epoch}); resume from "
@@ -328,15 +258,7 @@ class SegModule(L.LightningModule):
         self._log_scores("test")
 
     def configure_optimizers(self) -> Any:
-        factory = instantiate(self.hparams.optimizer)
-        params = list(self.parameters())
-        # Lightning moved the module to its device before this call.
-        fused = use_fused(factory, {p.device.type for p in params})
-        optimizer = factory(params=params, **({"fused": True} if fused else {}))
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        # Lightning moved the module to its device before this call (fused Adam needs it)
+        return configure_optimizers(
+            self.hparams.optimizer, self.hparams.scheduler, self.parameters()
+        )

@@ -24,8 +24,8 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize, to_p
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from petseg.errors import ConfigError
+from petseg.media import scores_step
 from petseg.metrics import argmax_classes
-from petseg.module import scores_step
 
 # Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
 PALETTE = [

@@ -1,5 +1,5 @@
-"""petseg.metrics against hand-computed values: confusion-matrix scores, argmax with its ties,
-the confusion table and the article protocol's config switch (SegModule's use of them is tested
+"""petseg.metrics against hand-computed values: confusion-matrix scores, argmax with its ties
+and the article protocol's config switch (SegModule's use of them is tested
 in test_module.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from petseg.metrics import argmax_classes, article_protocol, confusion_table, scores_from_confmat
+from petseg.metrics import argmax_classes, article_protocol, scores_from_confmat
 
 PET, BG, BORDER = 0, 1, 2
 NAMES = ["pet", "background", "border"]
@@ -57,12 +57,6 @@ def test_argmax_classes_equals_argmax_with_its_ties(num_classes: int, dtype: tor
     assert torch.equal(preds, logits.float().argmax(1))
 
 
-def test_confusion_table_rows_per_target_class() -> None:
-    columns, table = confusion_table(torch.tensor(CM_A), NAMES)
-    assert columns == ["target", "pred_pet", "pred_background", "pred_border", "total"]
-    assert table == [["pet", 3, 1, 0, 4], ["background", 1, 11, 0, 12], ["border", 0, 0, 0, 0]]
-
-
 def test_article_protocol_turns_on_eval_augment(cfg_factory) -> None:
     cfg = cfg_factory("data=synthetic", "metrics.article_protocol=true")
     assert cfg.data.eval_augment is False  # set by the protocol, not by hand
@@ -78,22 +72,3 @@ def test_article_protocol_turns_on_eval_augment(cfg_factory) -> None:
     datamodule = instantiate(clean.data)
     datamodule.setup("test")
     assert A.HorizontalFlip not in [type(t) for t in datamodule.test_set.transform.transforms]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("ignore_index", [-100, 2])
-def test_image_soft_iou_equals_the_losses_soft_iou(dtype: torch.dtype, ignore_index: int) -> None:
-    from petseg.losses import soft_iou
-    from petseg.metrics import image_soft_iou
-
-    torch.manual_seed(0)
-    logits = (torch.randn(4, 3, 16, 16) * 3).to(dtype)
-    mask = torch.randint(0, 3, (4, 16, 16))
-    mask[0, :5] = ignore_index  # partly ignored
-    mask[1] = ignore_index  # an image with nothing to score
-    for smooth in (0.001, 1.0):
-        expected = soft_iou(
-            logits.float(), mask, smooth=smooth, ignore_index=ignore_index, average="image"
-        )
-        got = image_soft_iou(logits, mask, mask == ignore_index, smooth=smooth)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -25,7 +25,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 import petseg.module
 from petseg.bench import InMemory
 from petseg.losses import soft_iou
-from petseg.module import SegModule, strip_compile_prefix, use_fused
+from petseg.module import SegModule, strip_compile_prefix
+from petseg.optim import use_fused
 from petseg.train import build_module
 
 from conftest import TINY, quiet_trainer
@@ -240,7 +241,7 @@ def test_confusion_png_and_csv_are_written(tmp_path: Path) -> None:
     cm = (torch.tensor(CM_A) + torch.tensor(CM_B)).tolist()
     assert rows[1:] == [[n, *map(str, r), str(sum(r))] for n, r in zip(NAMES, cm, strict=True)]
     with Image.open(folder / "val_epoch000.png") as img:
-        assert img.mode == "RGB" and img.width > 200 and img.height > 100
+        assert img.format == "PNG" and img.width > 200 and img.height > 100
 
 
 def test_confusion_with_a_disabled_wandb_logger(tmp_path: Path, monkeypatch) -> None:
@@ -511,7 +512,7 @@ def test_perf_switches_compose(cfg_factory) -> None:
     assert inductor.compile_backend == "inductor"
 
 
-# --- the confusion matrix's extra class for ignored pixels ---------------------------------------
+# --- the confusion matrix leaves the ignored pixels out -------------------------------------------
 
 
 @pytest.mark.parametrize("ignore_index", [-100, 2, 255])
@@ -529,7 +530,7 @@ def test_confusion_matrix_equals_torchmetrics_ignore_index(ignore_index: int) ->
             warnings.simplefilter("ignore")  # self.log without a trainer
             module._step({"image": logits, "mask": mask}, "val")
         reference.update(logits.max(1).indices, mask)
-    ours = module.confmats["val_cm"].compute()[:3, :3]
+    ours = module.confmats["val_cm"].compute()
     assert torch.equal(ours, reference.compute())
 
 
@@ -551,7 +552,7 @@ def test_train_metrics_every_n_steps_counts_every_nth_batch() -> None:
     reference = MulticlassConfusionMatrix(3)
     for b in batches[::2]:  # batches 0, 2, 4
         reference.update(b["image"].max(1).indices, b["mask"])
-    assert torch.equal(module.confmats["train_cm"].compute()[:3, :3], reference.compute())
+    assert torch.equal(module.confmats["train_cm"].compute(), reference.compute())
     assert module.confmats["val_cm"].compute().sum() == 5 * 2 * 4 * 4  # val: every batch
 
 
