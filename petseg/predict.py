@@ -2,7 +2,8 @@
 
 For each image writes `<name>_mask.png` (a palette PNG whose indices are the trimap values 1 pet /
 2 background / 3 border, coloured as the training pictures; at
-the image's own size), `<name>_overlay.png` (pet tinted green, border yellow) and, with
+the image's own size), `<name>_overlay.png` (pet and border blended in the same colours, the
+background as it is, a legend in the top-left corner) and, with
 `cutout=true`, `<name>_cutout.png` (RGBA, background transparent). Images are read upright as
 viewers show them (EXIF orientation applied first) and converted to RGB by `petseg.photo` (16-bit
 scaled, alpha composited over white). A file that cannot be read is reported on one line naming it
@@ -40,7 +41,7 @@ from petseg.metrics import argmax_classes
 from petseg.module import SegModule
 from petseg.photo import read_photo
 from petseg.tta import apply_tta, tta_options
-from petseg.visualize import class_colour
+from petseg.visualize import blend, class_colour, legend_box
 
 log = logging.getLogger("petseg.predict")
 
@@ -48,7 +49,9 @@ log = logging.getLogger("petseg.predict")
 # a 2-class network (data.labels=binary or data.border=ignore) writes pet and background only.
 PET, BACKGROUND, BORDER = 0, 1, 2
 NUM_CLASSES = (2, 3)
-OVERLAY_COLORS = {PET: (0, 200, 0), BORDER: (255, 210, 0)}  # background keeps its pixels
+# The overlay's classes, in visualize's class colours; background keeps its pixels (the photo
+# reads better untinted, and the pet stands out).
+TINTED = {PET: "pet", BORDER: "border"}
 OVERLAY_FORMATS = ("png", "jpg")
 
 
@@ -129,13 +132,39 @@ def predict_labels(
     return labels
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
-    """The image with pet and border pixels tinted by their class colour; background as is."""
-    out = image.astype(np.float32)
-    for label, color in OVERLAY_COLORS.items():
-        where = labels == label
-        out[where] = (1.0 - alpha) * out[where] + alpha * np.asarray(color, np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def tinted(num_classes: int) -> list[int]:
+    """The labels the overlay tints: pet, and border when the network has it."""
+    return [label for label in TINTED if label < num_classes]
+
+
+def overlay(
+    image: np.ndarray, labels: np.ndarray, alpha: float, num_classes: int = 3
+) -> np.ndarray:
+    """The image with pet and border pixels blended in their class colour at alpha; background
+    as is."""
+    rgb = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).permute(2, 0, 1)  # (3, H, W)
+    classes = torch.from_numpy(np.require(labels, requirements=["C", "W"]))
+    masks = torch.stack([classes == label for label in tinted(num_classes)])  # (K, H, W)
+    colours = [class_colour(label) for label in tinted(num_classes)]
+    return blend(rgb, masks, colours, alpha).permute(1, 2, 0).numpy()
+
+
+def overlay_picture(
+    image: np.ndarray, labels: np.ndarray, alpha: float, num_classes: int, legend: bool
+) -> Image.Image:
+    """The overlay, with (when `legend`) its classes and colours boxed in the top-left corner,
+    sized to the picture; left out where the box would cover more than half its width or height."""
+    picture = Image.fromarray(overlay(image, labels, alpha, num_classes))
+    if legend:
+        font_size = max(11, round(min(picture.size) / 30))
+        box = legend_box([(TINTED[c], class_colour(c)) for c in tinted(num_classes)], font_size)
+        margin = font_size // 2
+        if (
+            2 * (margin + box.width) <= picture.width
+            and 2 * (margin + box.height) <= picture.height
+        ):
+            picture.paste(box, (margin, margin))
+    return picture
 
 
 def cutout(image: np.ndarray, labels: np.ndarray, keep_border: bool) -> np.ndarray:
@@ -155,13 +184,15 @@ def mask_png(labels: np.ndarray) -> Image.Image:
 
 
 def save_outputs(
-    image: np.ndarray, labels: np.ndarray, out: Path, name: str, cfg: DictConfig
+    image: np.ndarray, labels: np.ndarray, out: Path, name: str, cfg: DictConfig, num_classes: int
 ) -> list[Path]:
     """Mask, overlay and (with cfg.cutout) cutout of one image; returns the files written."""
     files = [out / f"{name}_mask.png", out / f"{name}_overlay.{cfg.overlay_format}"]
     mask_png(labels).save(files[0])
-    blend = Image.fromarray(overlay(image, labels, float(cfg.overlay_alpha)))
-    blend.save(files[1], **({"quality": 90} if cfg.overlay_format == "jpg" else {}))
+    picture = overlay_picture(
+        image, labels, float(cfg.overlay_alpha), num_classes, bool(cfg.overlay_legend)
+    )
+    picture.save(files[1], **({"quality": 90} if cfg.overlay_format == "jpg" else {}))
     if cfg.cutout:
         files.append(out / f"{name}_cutout.png")
         Image.fromarray(cutout(image, labels, bool(cfg.cutout_border))).save(files[2])
@@ -204,7 +235,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     def flush() -> None:
         labels = predict_labels(module, [image for _, image in batch], image_size, device)
         for (path, image), label_map in zip(batch, labels, strict=True):
-            files = save_outputs(image, label_map, out, names[path], cfg)
+            files = save_outputs(image, label_map, out, names[path], cfg, net["num_classes"])
             written[str(path)] = [str(f) for f in files]
         batch.clear()
 

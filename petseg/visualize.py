@@ -2,8 +2,8 @@
 
 The drawing functions are pure (numpy in, PIL out; torchvision draws the masks and the grid).
 `PredictionImages` is the callback that uses them: `<run>/predictions/epoch_NNN.png` grids (rows
-images; columns input, ground truth, prediction), `predictions/evolution.gif` at the end of fit,
-and W&B mask overlays when W&B logs.
+images; columns input, ground truth, prediction, prediction over the input, errors),
+`predictions/evolution.gif` at the end of fit, and W&B mask overlays when W&B logs.
 """
 
 from __future__ import annotations
@@ -20,12 +20,20 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.transforms.v2.functional import InterpolationMode, resize, to_pil_image
+from torchvision.transforms.v2.functional import (
+    InterpolationMode,
+    adjust_brightness,
+    resize,
+    rgb_to_grayscale,
+    to_pil_image,
+)
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from petseg.errors import ConfigError
 from petseg.media import scores_step
 from petseg.metrics import argmax_classes
+
+Colour = tuple[int, int, int]  # RGB
 
 # Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
 PALETTE = [
@@ -38,15 +46,18 @@ PALETTE = [
     (86, 180, 233),
     (0, 0, 0),
 ]
-IGNORED = (128, 128, 128)  # labels outside [0, num_classes): grey
-COLUMNS = ("input", "ground truth", "prediction")
+IGNORED: Colour = (128, 128, 128)  # labels outside [0, num_classes): grey
+ERROR: Colour = (255, 0, 255)  # wrongly predicted pixels: magenta, in no class's colour
+COLUMNS = ("input", "ground truth", "prediction", "overlay", "errors")
+OVERLAY_ALPHA = 0.5  # class colour share in the overlay column
+DIM = 0.6  # brightness of the greyed input under the errors
 GAP = 2  # pixels between tiles and around the grid
 LINE = 16  # height of one text line (title, column heads, legend)
 MIN_TILE = 96  # small images are scaled up by a whole factor to at least this
 WANDB_IGNORED = 255  # mask value W&B gets for labels outside the classes
 
 
-def class_colour(label: int) -> tuple[int, int, int]:
+def class_colour(label: int) -> Colour:
     return PALETTE[label % len(PALETTE)]
 
 
@@ -62,6 +73,42 @@ def colorize(mask: np.ndarray, num_classes: int = len(PALETTE)) -> torch.Tensor:
     classes = labels[None] == torch.arange(num_classes).view(-1, 1, 1)  # (C, H, W) one-hot
     colours = [class_colour(label) for label in range(num_classes)]
     return draw_segmentation_masks(grey, classes, alpha=1.0, colors=colours)
+
+
+def blend(
+    rgb: torch.Tensor, masks: torch.Tensor, colours: Sequence[Colour], alpha: float
+) -> torch.Tensor:
+    """uint8 (3, H, W) with each mask of bool (K, H, W) blended in its colour at `alpha`.
+
+    In [0, 1] floats and rounded: torchvision truncates uint8 blends, which would darken the
+    pixels no mask covers by one level at some alphas; here they keep their values.
+    """
+    drawn = draw_segmentation_masks(rgb.float() / 255, masks, alpha=alpha, colors=list(colours))
+    return (drawn * 255).round().to(torch.uint8)
+
+
+def overlay_tile(rgb: torch.Tensor, pred: np.ndarray, num_classes: int) -> torch.Tensor:
+    """The prediction's class colours blended over the uint8 (3, H, W) image."""
+    labels = torch.from_numpy(np.ascontiguousarray(pred))
+    classes = labels[None] == torch.arange(num_classes).view(-1, 1, 1)  # (C, H, W) one-hot
+    colours = [class_colour(label) for label in range(num_classes)]
+    return blend(rgb, classes, colours, OVERLAY_ALPHA)
+
+
+def error_tile(
+    rgb: torch.Tensor, mask: np.ndarray, pred: np.ndarray, num_classes: int
+) -> torch.Tensor:
+    """The image greyed and dimmed, wrongly predicted pixels in ERROR; an ignored label (outside
+    [0, num_classes)) is never an error."""
+    grey = adjust_brightness(rgb_to_grayscale(rgb, num_output_channels=3), DIM)
+    truth = torch.from_numpy(np.ascontiguousarray(mask))
+    wrong = (truth != torch.from_numpy(np.ascontiguousarray(pred))) & is_class(truth, num_classes)
+    return draw_segmentation_masks(grey, wrong, alpha=1.0, colors=[ERROR])
+
+
+def is_class(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """True where a label is a class, False where it is ignored (outside [0, num_classes))."""
+    return (labels >= 0) & (labels < num_classes)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -87,9 +134,10 @@ def prediction_grid(
     title: str | None = None,
     min_tile: int = MIN_TILE,
 ) -> Image.Image:
-    """Rows of (input, ground truth, prediction) tiles, column heads, a title and a legend.
+    """Rows of COLUMNS tiles (input, ground truth, prediction, overlay, errors), column heads, a
+    title and a legend (the classes, `ignored` when a mask has such labels, the error colour).
 
-    Size: width `3 * tile_w + 4 * GAP`; height `LINE` per header line (title, column heads),
+    Size: width `5 * tile_w + 6 * GAP`; height `LINE` per header line (title, column heads),
     `rows * (tile_h + GAP) + GAP` for the tiles and `LINE` per legend line.
     """
     if not len(images) == len(masks) == len(preds) > 0:
@@ -97,20 +145,31 @@ def prediction_grid(
             f"need as many images, masks and preds (> 0), got {len(images)}, {len(masks)}, "
             f"{len(preds)}"
         )
-    tiles: list[torch.Tensor] = []  # (3, H, W) uint8 each, three per row
+    num_classes = len(class_names)
+    tiles: list[torch.Tensor] = []  # (3, H, W) uint8 each, len(COLUMNS) per row
     for row, (image, mask, pred) in enumerate(zip(images, masks, preds, strict=True)):
         rgb = torch.from_numpy(to_rgb(image)).permute(2, 0, 1)
-        tiles += [rgb, colorize(mask, len(class_names)), colorize(pred, len(class_names))]
-        (h, w), sizes = tiles[0].shape[1:], [tuple(t.shape[1:]) for t in tiles[-3:]]
+        h, w = tiles[0].shape[1:] if tiles else rgb.shape[1:]
+        sizes = [tuple(rgb.shape[1:]), np.shape(mask), np.shape(pred)]
         if any(size != (h, w) for size in sizes):
             raise ValueError(f"row {row}: tiles must all be {w}x{h}, got (H, W) {sizes}")
+        tiles += [
+            rgb,
+            colorize(mask, num_classes),
+            colorize(pred, num_classes),
+            overlay_tile(rgb, pred, num_classes),
+            error_tile(rgb, mask, pred, num_classes),
+        ]
     scale = tile_scale(h, w, min_tile)
     # Nearest: masks keep exact colours, and the input shows the pixels the model saw.
     big = resize(torch.stack(tiles), [h * scale, w * scale], InterpolationMode.NEAREST_EXACT)
-    body = to_pil_image(make_grid(big, nrow=3, padding=GAP, pad_value=255))
+    body = to_pil_image(make_grid(big, nrow=len(COLUMNS), padding=GAP, pad_value=255))
     # Text: torchvision writes labels only on boxes, so PIL writes the heads and the legend.
     font = ImageFont.load_default(size=11)
-    legend = legend_lines(class_names, font, body.width)
+    entries = [(name, class_colour(label)) for label, name in enumerate(class_names)]
+    if any(((m < 0) | (m >= num_classes)).any() for m in map(np.asarray, masks)):
+        entries.append(("ignored", IGNORED))
+    legend = legend_lines([*entries, ("error", ERROR)], font, body.width)
     top = LINE * (2 if title else 1)
     grid = Image.new("RGB", (body.width, top + body.height + LINE * len(legend)), "white")
     grid.paste(body, (0, top))
@@ -121,27 +180,64 @@ def prediction_grid(
         draw.text((GAP + col * (w * scale + GAP), top - LINE + 2), head, fill="black", font=font)
     y = top + body.height
     for line in legend:
-        for x, label, name in line:
-            draw.rectangle((x, y + 3, x + 9, y + 12), fill=class_colour(label), outline="black")
-            draw.text((x + 13, y + 2), name, fill="black", font=font)
+        for x, name, colour in line:
+            draw_swatch(draw, x, y, name, colour, font)
         y += LINE
     return grid
 
 
+def line_height(font: ImageFont.FreeTypeFont) -> int:
+    """One legend line for the font: LINE at the grids' 11 px, in proportion otherwise."""
+    return round(font.size * LINE / 11)
+
+
+def swatch_width(name: str, font: ImageFont.FreeTypeFont) -> int:
+    """Width of one legend entry as draw_swatch draws it: the square, a gap, the name."""
+    return int(font.size) + 2 + math.ceil(font.getlength(name))
+
+
+def draw_swatch(
+    draw: ImageDraw.ImageDraw,
+    x: int,
+    y: int,
+    name: str,
+    colour: Colour,
+    font: ImageFont.FreeTypeFont,
+) -> None:
+    """One legend entry one line high with its top left at (x, y): a colour square, its name."""
+    side = int(font.size) - 1
+    pad = (line_height(font) - side) // 2
+    draw.rectangle((x, y + pad, x + side - 1, y + pad + side - 1), fill=colour, outline="black")
+    draw.text((x + side + 3, y + pad - 1), name, fill="black", font=font)
+
+
 def legend_lines(
-    class_names: Sequence[str], font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
-) -> list[list[tuple[int, int, str]]]:
-    """Legend entries `(x, label, name)` laid out left to right, wrapped to fit `width`."""
-    lines: list[list[tuple[int, int, str]]] = [[]]
+    entries: Sequence[tuple[str, Colour]], font: ImageFont.FreeTypeFont, width: int
+) -> list[list[tuple[int, str, Colour]]]:
+    """Legend entries `(name, colour)` as `(x, name, colour)` left to right, wrapped to `width`."""
+    lines: list[list[tuple[int, str, Colour]]] = [[]]
     x = GAP
-    for label, name in enumerate(class_names):
-        entry = 13 + math.ceil(font.getlength(name)) + 10  # swatch, name, space
+    for name, colour in entries:
+        entry = swatch_width(name, font) + 10  # and a space
         if lines[-1] and x + entry > width:
             lines.append([])
             x = GAP
-        lines[-1].append((x, label, name))
+        lines[-1].append((x, name, colour))
         x += entry
     return lines
+
+
+def legend_box(entries: Sequence[tuple[str, Colour]], font_size: int) -> Image.Image:
+    """A white, outlined box of `(name, colour)` entries one per line, to paste on a picture."""
+    font = ImageFont.load_default(size=font_size)
+    line, pad = line_height(font), max(2, font_size // 3)
+    width = max(swatch_width(name, font) for name, _ in entries) + 2 * pad
+    box = Image.new("RGB", (width, line * len(entries) + 2 * pad), "white")
+    draw = ImageDraw.Draw(box)
+    draw.rectangle((0, 0, box.width - 1, box.height - 1), outline="black")
+    for i, (name, colour) in enumerate(entries):
+        draw_swatch(draw, pad, pad + i * line, name, colour, font)
+    return box
 
 
 def save_gif(frames: Sequence[str | Path], path: str | Path, duration_ms: int = 800) -> Path:
@@ -185,8 +281,8 @@ def spread_over_breeds(names: Sequence[str], count: int, seed: int = 0) -> list[
 
 
 class PredictionImages(L.Callback):
-    """`num_images` validation images spread over breeds, with true and predicted masks, per
-    val epoch.
+    """`num_images` validation images spread over breeds, with true and predicted masks, the
+    prediction over the image and its wrong pixels, per val epoch.
 
     Always writes `<default_root_dir>/predictions/epoch_NNN.png` (and `evolution.gif` at the end
     of fit, when `gif`); with a WandbLogger also logs `val/predictions` as W&B mask overlays, at

@@ -353,3 +353,62 @@ def test_mask_is_a_palette_png_of_trimap_values(ckpt: Path, mixed: Path, tmp_pat
     assert values <= {1, 2, 3} and values
     assert tuple(palette[3:6]) == class_colour(0)  # index 1 (pet): the training pictures' colour
     assert set(np.unique(load_trimap(mask_file)).tolist()) == {v - 1 for v in values}
+
+
+def test_overlay_blends_pet_and_border_in_the_training_palette() -> None:
+    from petseg.predict import overlay
+    from petseg.visualize import PALETTE
+
+    image = np.array([[[10, 20, 30], [200, 100, 50], [90, 90, 90]]], np.uint8)  # (1, 3, 3)
+    labels = np.array([[0, 1, 2]], np.uint8)  # pet, background, border
+    full = overlay(image, labels, alpha=1.0)
+    assert full[0].tolist() == [list(PALETTE[0]), [200, 100, 50], list(PALETTE[2])]
+    half = overlay(image, labels, alpha=0.5).astype(float)
+    expected = [(image[0, 0] + PALETTE[0]) / 2, image[0, 1], (image[0, 2] + PALETTE[2]) / 2]
+    np.testing.assert_allclose(half[0], expected, atol=0.5)
+    ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    background = np.ones((16, 16), np.uint8)  # every level, untinted at an alpha where a uint8
+    np.testing.assert_array_equal(overlay(ramp, background, alpha=0.1), ramp)  # blend truncates
+    two = overlay(image, labels, alpha=1.0, num_classes=2)  # a 2-class network tints pet only
+    assert two[0].tolist() == [list(PALETTE[0]), [200, 100, 50], [90, 90, 90]]
+
+
+def test_overlay_legend_sits_in_the_corner_when_it_fits() -> None:
+    from petseg.predict import overlay, overlay_picture
+    from petseg.visualize import PALETTE
+
+    image = np.full((150, 200, 3), 60, np.uint8)
+    labels = np.ones((150, 200), np.uint8)  # background ...
+    labels[60:, 100:] = 0  # ... with a pet in the bottom-right quarter
+    plain = overlay(image, labels, 0.5)
+    shown = np.asarray(overlay_picture(image, labels, 0.5, 3, legend=True))
+    differs = (shown != plain).any(-1)
+    ys, xs = np.nonzero(differs)
+    assert ys.max() < 75 and xs.max() < 100  # only in the top-left quarter
+    corner = shown[: ys.max() + 1, : xs.max() + 1]
+    assert (corner == 255).all(-1).mean() > 0.3  # a white box ...
+    for colour in (PALETTE[0], PALETTE[2]):  # ... with a swatch of each tinted class
+        assert (corner == colour).all(-1).sum() >= 64
+    np.testing.assert_array_equal(np.asarray(overlay_picture(image, labels, 0.5, 3, False)), plain)
+    pet_only = np.asarray(overlay_picture(image, labels, 0.5, 2, legend=True))
+    assert not (pet_only[: ys.max() + 1, : xs.max() + 1] == PALETTE[2]).all(-1).any()
+    tiny = np.asarray(overlay_picture(image[:40, :60], labels[:40, :60], 0.5, 3, legend=True))
+    np.testing.assert_array_equal(tiny, plain[:40, :60])  # no room: no legend
+
+
+def test_predicted_overlay_file_uses_the_palette_and_has_a_legend(
+    stub_ckpt: Path, tmp_path: Path
+) -> None:
+    from petseg.visualize import PALETTE
+
+    photo = np.full((160, 240, 3), 30, np.uint8)  # dark: background ...
+    photo[:, 120:] = 230  # ... bright right half: pet (BrightIsPet)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo).save(folder / "half.png")
+    predict_stub(stub_ckpt, folder, tmp_path / "out")
+    shown = np.asarray(Image.open(tmp_path / "out" / "half_overlay.png")).astype(float)
+    pet = (np.array([230.0] * 3) + PALETTE[0]) / 2
+    np.testing.assert_allclose(shown[80:, 130:], np.broadcast_to(pet, (80, 110, 3)), atol=0.5)
+    assert (shown[80:, :110] == 30).all()  # background keeps the photo's pixels
+    assert (shown[:40, :40] == 255).all(-1).any() and (shown[:40, :40] == PALETTE[0]).all(-1).any()

@@ -15,9 +15,13 @@ from PIL import Image
 from petseg.errors import ConfigError
 from petseg.train import train
 from petseg.visualize import (
+    COLUMNS,
+    DIM,
+    ERROR,
     GAP,
     IGNORED,
     LINE,
+    PALETTE,
     PredictionImages,
     colorize,
     prediction_grid,
@@ -31,6 +35,11 @@ from conftest import TINY
 
 NAMES = ["pet", "background", "border"]
 LAYERS = ("ground_truth", "predictions")
+COLS = len(COLUMNS)  # input, ground truth, prediction, overlay, errors
+
+
+def grid_width(tile: int) -> int:
+    return COLS * tile + (COLS + 1) * GAP
 
 
 def hwc(tile) -> np.ndarray:
@@ -66,7 +75,7 @@ def test_to_rgb_scales_clips_and_moves_channels_last() -> None:
 @pytest.mark.parametrize(
     ("size", "rows", "title"), [(32, 1, None), (32, 3, "epoch 2"), (128, 2, "x")]
 )
-def test_grid_is_rows_by_three_tiles_in_place(size: int, rows: int, title: str | None) -> None:
+def test_grid_is_rows_by_five_tiles_in_place(size: int, rows: int, title: str | None) -> None:
     colour = np.array([10, 200, 30], np.uint8)
     images = [np.broadcast_to(colour, (size, size, 3)).copy() for _ in range(rows)]
     masks = [np.full((size, size), 2) for _ in range(rows)]  # border everywhere
@@ -76,13 +85,68 @@ def test_grid_is_rows_by_three_tiles_in_place(size: int, rows: int, title: str |
     tile = size * tile_scale(size, size)
     assert tile == max(size, 96)
     top = LINE * (2 if title else 1)
-    assert grid.size == (3 * tile + 4 * GAP, top + rows * (tile + GAP) + GAP + LINE)
-    pixels = np.asarray(grid)
+    assert grid.size == (grid_width(tile), top + rows * (tile + GAP) + GAP + LINE)
+    pixels = np.asarray(grid).astype(int)
     for r in range(rows):
         y = top + GAP + r * (tile + GAP) + tile // 2
-        centres = [pixels[y, GAP + c * (tile + GAP) + tile // 2].tolist() for c in range(3)]
-        expected = [colour.tolist(), [240, 228, 66], hwc(colorize(preds[r]))[0, 0].tolist()]
-        assert centres == expected, r
+        centres = [pixels[y, GAP + c * (tile + GAP) + tile // 2] for c in range(COLS)]
+        image, truth, pred, over, errors = centres
+        assert image.tolist() == colour.tolist() and truth.tolist() == [240, 228, 66], r
+        assert pred.tolist() == list(PALETTE[r % 3]), r
+        blend = (colour.astype(float) + PALETTE[r % 3]) / 2  # half photo, half class colour
+        np.testing.assert_allclose(over, blend, atol=1)
+        if r % 3 == 2:  # right: the photo grey and dimmed
+            assert errors[0] == errors[1] == errors[2] <= DIM * 255 + 1, r
+        else:
+            assert errors.tolist() == list(ERROR), r
+
+
+def tile_at(grid: Image.Image, row: int, col: int, size: int, top: int = LINE) -> np.ndarray:
+    """Tile (row, col) of a grid drawn at scale 1 (min_tile=size), as (size, size, 3)."""
+    y, x = top + GAP + row * (size + GAP), GAP + col * (size + GAP)
+    return np.asarray(grid)[y : y + size, x : x + size]
+
+
+def test_error_column_marks_exactly_the_wrong_pixels_and_not_ignored_ones() -> None:
+    image = np.full((4, 4, 3), 200, np.uint8)
+    image[:, :2] = (40, 90, 160)  # a darker left half: the greyed copy keeps it darker
+    mask = np.array([[0, 0, 1, 1], [0, 2, 1, 1], [-100, -100, 1, 2], [0, 1, 2, 2]])
+    pred = np.array([[0, 1, 1, 1], [0, 2, 0, 1], [0, 1, 1, 1], [0, 1, 2, 0]])
+    wrong = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1]], bool)
+    grid = prediction_grid([image], [mask], [pred], NAMES, min_tile=4)
+    assert grid.size[0] == grid_width(4)
+
+    errors = tile_at(grid, 0, COLUMNS.index("errors"), 4)
+    np.testing.assert_array_equal((errors == ERROR).all(-1), wrong)  # ignored (-100) not wrong
+    right = errors[~wrong].astype(int)
+    assert (right[:, 0] == right[:, 1]).all() and (right[:, 1] == right[:, 2]).all()  # grey
+    assert right.max() <= DIM * 255 + 1  # and dimmed: the photo's 200 is darker
+    assert errors[0, 0, 0] < errors[0, 3, 0]  # still the photo: its dark half stays darker
+
+    over = tile_at(grid, 0, COLUMNS.index("overlay"), 4).astype(float)
+    expected = (image + np.array([PALETTE[label] for label in pred.flat]).reshape(4, 4, 3)) / 2
+    np.testing.assert_allclose(over, expected, atol=1)
+    truth = tile_at(grid, 0, COLUMNS.index("ground truth"), 4)
+    np.testing.assert_array_equal(truth, hwc(colorize(mask, 3)))
+
+
+def legend_of(grid: Image.Image, lines: int = 1) -> np.ndarray:
+    return np.asarray(grid)[-LINE * lines :]
+
+
+def has_colour(pixels: np.ndarray, colour: tuple[int, int, int]) -> bool:
+    """A legend swatch of `colour` (its 8x8 inside; text anti-aliasing gives a few pixels)."""
+    return int((pixels == colour).all(-1).sum()) >= 64
+
+
+def test_legend_has_the_classes_the_error_colour_and_ignored_when_there() -> None:
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int64)
+    legend = legend_of(prediction_grid([image], [mask], [mask], NAMES))
+    assert all(has_colour(legend, PALETTE[i]) for i in range(3)) and has_colour(legend, ERROR)
+    assert not has_colour(legend, IGNORED)
+    mask[0, 0] = -100
+    legend = legend_of(prediction_grid([image], [mask], [np.zeros_like(mask)], NAMES))
+    assert has_colour(legend, IGNORED) and has_colour(legend, ERROR)
 
 
 def test_grid_legend_wraps_long_class_names() -> None:
@@ -175,7 +239,7 @@ def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> 
     val_masks = [datamodule.val_set[i]["mask"].numpy() for i in pictured]
     assert len(val_masks) == 2
 
-    # Local: one grid per epoch (not the sanity check), 2 rows x 3 tiles of 96 px, and the GIF.
+    # Local: one grid per epoch (not the sanity check), 2 rows x 5 tiles of 96 px, and the GIF.
     run = Path(cfg.paths.output_dir)
     folder = run / "predictions"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -186,13 +250,13 @@ def test_tiny_run_writes_grids_gif_and_wandb_masks(cfg_factory, monkeypatch) -> 
     tile, top = 96, 2 * LINE
     for png in ("epoch_000.png", "epoch_001.png"):
         grid = np.asarray(Image.open(folder / png).convert("RGB"))
-        assert grid.shape == (top + 2 * (tile + GAP) + GAP + LINE, 3 * tile + 4 * GAP, 3)
+        assert grid.shape == (top + 2 * (tile + GAP) + GAP + LINE, grid_width(tile), 3)
         for row, mask in enumerate(val_masks):  # the ground-truth column is the val set's masks
             y, x = top + GAP + row * (tile + GAP), 2 * GAP + tile
             shown = grid[y : y + tile : 3, x : x + tile : 3]
             assert np.array_equal(shown, hwc(colorize(mask, 3))), (png, row)
     with Image.open(folder / "evolution.gif") as gif:
-        assert gif.n_frames == 2 and gif.size == (3 * tile + 4 * GAP, grid.shape[0])
+        assert gif.n_frames == 2 and gif.size == (grid_width(tile), grid.shape[0])
 
     # W&B offline run: images with both mask layers per val epoch, their files, and the metrics.
     (offline,) = (run / "wandb").glob("offline-run-*")
@@ -277,7 +341,7 @@ def test_callback_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) 
     assert names == ["epoch_000.png", "epoch_002.png", "epoch_003.png", "evolution.gif"]
     with Image.open(tmp_path / "predictions" / "epoch_000.png") as grid:
         tile = 16 * tile_scale(16, 16)
-        assert grid.size == (3 * tile + 4 * GAP, 2 * LINE + 2 * (tile + GAP) + GAP + LINE)
+        assert grid.size == (grid_width(tile), 2 * LINE + 2 * (tile + GAP) + GAP + LINE)
 
 
 def spy_wandb(tmp_path: Path):
