@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from petseg.console import quiet_wandb
 from petseg.errors import user_error
 from petseg.module import SegModule
 from petseg.precision import resolve_precision
@@ -40,7 +41,10 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [build(c) for c in (cfg.get("logger") or {}).values() if c]
+    nodes = [c for c in (cfg.get("logger") or {}).values() if c]
+    if any(str(c.get("_target_", "")).endswith("WandbLogger") for c in nodes):
+        quiet_wandb()
+    return [build(c) for c in nodes]
 
 
 def build_module(cfg: DictConfig, article_protocol: bool = False) -> SegModule:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
@@ -43,6 +44,24 @@ def quiet_known_noise() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
     )
+
+
+def quiet_wandb() -> None:
+    """Drop wandb's "anonymous setting has no effect", printed on every run: Lightning's
+    WandbLogger always passes `anonymous`, and wandb prints through its termwarn, not Python
+    warnings, so that one message is filtered in a wrapper of `wandb.termwarn`."""
+    import wandb
+
+    termwarn = wandb.termwarn
+    if getattr(termwarn, "petseg_quiet", False):
+        return
+
+    def filtered(string: str, *args: Any, **kwargs: Any) -> None:
+        if "anonymous setting has no effect" not in str(string):
+            termwarn(string, *args, **kwargs)
+
+    filtered.petseg_quiet = True  # type: ignore[attr-defined]
+    wandb.termwarn = filtered
 
 
 def config_tree(cfg: DictConfig) -> Tree:

@@ -309,7 +309,7 @@ def run_lightning(trainer: L.Trainer, fn: Any, **kwargs: Any) -> Any:
 
 def fit_and_test(cfg: DictConfig, guard: SigtermGuard) -> dict[str, float]:
     """Wire data, module, loggers and Trainer; fit, then test the best checkpoint."""
-    article = article_protocol(cfg)  # sets data.eval_augment when on
+    article = article_protocol(cfg)
     datamodule = build(cfg.data)
     datamodule.check_source()
     resolve_auto_weights(cfg, datamodule)

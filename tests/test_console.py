@@ -61,3 +61,36 @@ def test_shell_completion_lists_the_model_options(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [f"model={name}" for name in model_names()]
+
+
+WANDB_RUN = """
+import sys, wandb
+from lightning.pytorch.loggers import WandbLogger
+from petseg.console import quiet_wandb
+if sys.argv[1] == "quiet":
+    quiet_wandb()
+    quiet_wandb()  # twice: still one wrapper
+logger = WandbLogger(project="petseg-test", save_dir=".", offline=True)
+assert logger.experiment is not None  # wandb.init, where Lightning passes `anonymous`
+wandb.termwarn("a warning a user can act on")
+wandb.finish()
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_wandb_anonymous_notice_is_dropped_other_wandb_output_kept(
+    tmp_path: Path, quiet: bool
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
+    env |= {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", WANDB_RUN, "quiet" if quiet else "loud"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("anonymous setting has no effect" in done.stderr) is not quiet
+    assert done.stderr.count("a warning a user can act on") == 1

@@ -59,8 +59,9 @@ def test_argmax_classes_equals_argmax_with_its_ties(num_classes: int, dtype: tor
 
 def test_article_protocol_turns_on_eval_augment(cfg_factory) -> None:
     cfg = cfg_factory("data=synthetic", "metrics.article_protocol=true")
-    assert cfg.data.eval_augment is False  # set by the protocol, not by hand
-    assert article_protocol(cfg) is True and cfg.data.eval_augment is True
+    assert article_protocol(cfg) is True and cfg.data.eval_augment is True  # interpolated
+    kept = cfg_factory("data=synthetic", "metrics.article_protocol=true", "data.eval_augment=false")
+    assert kept.data.eval_augment is False  # an explicit choice wins
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
