@@ -234,6 +234,12 @@ def check_switches(cfg: DictConfig) -> None:
         raise ConfigError(f"perf.compile={compile_} must be true, false or a backend name")
     if not isinstance(cfg.perf.get("channels_last", False), bool):
         raise ConfigError(f"perf.channels_last={cfg.perf.channels_last} must be true or false")
+    every = cfg.perf.get("train_metrics_every_n_steps", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(
+            f"perf.train_metrics_every_n_steps={every} must be an integer >= 1 "
+            "(1: every training batch, exact)"
+        )
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path | None:

@@ -79,13 +79,7 @@ class SegModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)  # 4-D weights; the rest unchanged
         self.compile_backend = "inductor" if compile is True else (compile or None)
         self.compiled = False
-        every = train_metrics_every_n_steps
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(
-                f"perf.train_metrics_every_n_steps={every} must be an integer >= 1 "
-                "(1: every training batch, exact)"
-            )
-        self.train_metrics_every_n_steps = every
+        self.train_metrics_every_n_steps = train_metrics_every_n_steps  # checked in petseg.config
         self.class_names, self.ignore_index = class_names, ignore_index
         # The first global step with a non-finite train loss (-1: none), on the loss's device.
         self.first_nonfinite: torch.Tensor | None = None
@@ -96,13 +90,9 @@ class SegModule(L.LightningModule):
         # ModuleDict key: it would shadow nn.Module.train). validate_args=False: the checks run
         # torch.unique over every pixel, a GPU sync per batch.
         n = len(class_names)
+        cm = {"ignore_index": ignore_index, "validate_args": False}
         self.confmats = torch.nn.ModuleDict(
-            {
-                f"{stage}_cm": MulticlassConfusionMatrix(
-                    n, ignore_index=ignore_index, validate_args=False
-                )
-                for stage in STAGES
-            }
+            {f"{stage}_cm": MulticlassConfusionMatrix(n, **cm) for stage in STAGES}
         )
         self.article_protocol = article_protocol
         if article_protocol:
@@ -112,7 +102,11 @@ class SegModule(L.LightningModule):
                     f"{class_names} has no 'background'; name the background class 'background'"
                 )
             self.background_index = class_names.index("background")
-            iou = {"average": "micro", "ignore_index": self.background_index}
+            iou = {
+                "average": "micro",
+                "ignore_index": self.background_index,
+                "validate_args": False,
+            }
             self.article_ious = torch.nn.ModuleDict(
                 {f"{stage}_iou": MulticlassJaccardIndex(n, **iou) for stage in STAGES}
             )

@@ -31,6 +31,12 @@ from conftest import CONF_DIR, TINY, compose_config, run_train
         ("data.val_fraction=1.5", r"data\.val_fraction must be in \(0, 1\)"),
         ("perf.compile=indcutor", r"perf\.compile=indcutor is not a torch\.compile backend"),
         ("perf.channels_last=2", r"perf\.channels_last=2 must be true or false"),
+        ("perf.train_metrics_every_n_steps=0", r"train_metrics_every_n_steps=0 must be an integer"),
+        ("perf.train_metrics_every_n_steps=1.5", r"train_metrics_every_n_steps=1.5 must be an in"),
+        (
+            "perf.train_metrics_every_n_steps=true",
+            r"train_metrics_every_n_steps=True must be an in",
+        ),
     ],
 )
 def test_bad_value_fails_before_data_loads(override: str, message: str, cfg_factory, tmp_path):

@@ -556,14 +556,6 @@ def test_train_metrics_every_n_steps_counts_every_nth_batch() -> None:
     assert module.confmats["val_cm"].compute().sum() == 5 * 2 * 4 * 4  # val: every batch
 
 
-@pytest.mark.parametrize("every", [0, -1, 1.5, True])
-def test_train_metrics_every_n_steps_must_be_a_positive_int(every: object) -> None:
-    from petseg.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"perf\.train_metrics_every_n_steps=.* integer >= 1"):
-        SegModule(net=TWO_CONV, loss=CE, optimizer=ADAM, train_metrics_every_n_steps=every)
-
-
 # --- precision ------------------------------------------------------------------------------------
 
 
