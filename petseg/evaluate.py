@@ -8,6 +8,9 @@ against its untouched full-size trimap (`petseg.fullsize`); `resolution=train` s
 the article did (see `petseg.metrics.article_protocol`), at the training resolution only.
 `tta.hflip=true` / `tta.scales=[...]` (`petseg.tta`) score the softmax averaged over flips and
 scales, at either resolution; `test/loss` is then the loss of the averaged prediction.
+`logger=wandb` logs a W&B run of its own (job_type `evaluate`, offline unless asked): the scores,
+the confusion matrix and a few test images with their masks, linked to the training run by
+`train_run_id` in its config and the training run's W&B group.
 """
 
 from __future__ import annotations
@@ -16,18 +19,27 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import DataLoader
 
-from petseg.build import build, build_trainer, to_floats
+from petseg.build import build, build_loggers, build_trainer, to_floats
 from petseg.checkpoint import load_module
 from petseg.config import CONF_DIR
+from petseg.data.oxford import PetTrimaps
 from petseg.errors import ConfigError, PetsegError, print_user_error
-from petseg.fullsize import FullSizeScorer, full_size_loader
-from petseg.metrics import article_protocol
+from petseg.fullsize import CONFUSION_NAME, FullSizeScorer, full_size_loader
+from petseg.metrics import article_protocol, confusion_table, save_confusion
+from petseg.module import SegModule, scores_step
 from petseg.tta import apply_tta, tta_options
+from petseg.visualize import WANDB_IGNORED, spread_over_breeds, to_rgb
+from petseg.wandb_run import apply_wandb_env, finish_wandb, has_wandb, training_run
 
 log = logging.getLogger("petseg.evaluate")
 
@@ -39,6 +51,8 @@ PROTOCOLS = {
     "as training's test/* metrics",
 }
 RESOLUTIONS = tuple(PROTOCOLS)
+# Test images logged to W&B with their true and predicted masks (spread over breeds).
+OVERLAY_IMAGES = 8
 
 
 def write_json(metrics: dict[str, float], path: str | Path, protocol: str | None = None) -> Path:
@@ -82,7 +96,21 @@ def protocol_line(cfg: DictConfig) -> str:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test `cfg.ckpt_path` on the test split of `cfg.data`; returns the `test/*` metrics."""
+    """Test `cfg.ckpt_path` on the test split of `cfg.data`; returns the `test/*` metrics.
+
+    The W&B run of `logger=wandb` is finished here: exit code 0, or 1 (failed) on an error.
+    """
+    try:
+        metrics = score(cfg)
+    except BaseException:
+        finish_wandb(1)
+        raise
+    finish_wandb(0)
+    return metrics
+
+
+def score(cfg: DictConfig) -> dict[str, float]:
+    """The evaluation itself: scores, metrics.json, and what the loggers of `logger=` get."""
     resolution = resolution_option(cfg)
     tta = tta_options(cfg)  # before the checkpoint loads: a bad value is one line at once
     protocol = protocol_line(cfg)
@@ -99,7 +127,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "data.border"
         )
     datamodule.check_source()
-    trainer = build_trainer(cfg, logger=False, enable_checkpointing=False)
+    name_wandb_run(cfg, resolution, tta.active)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, logger=loggers or False, enable_checkpointing=False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_config(cfg, protocol))
+    confmat = None  # at resolution=train SegModule logs its confusion matrix to W&B itself
     if resolution == "train":
         trainer.test(module, datamodule=datamodule, verbose=False)
     else:
@@ -107,14 +140,103 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("test")
         dm = datamodule
         loader = full_size_loader(dm.test_set, dm.batch_size, dm.num_workers, dm.pin_memory)
-        trainer.test(FullSizeScorer(module), dataloaders=loader, verbose=False)
+        scorer = FullSizeScorer(module)
+        trainer.test(scorer, dataloaders=loader, verbose=False)
+        confmat = scorer.confmat.compute()  # the epoch's matrix again (torchmetrics caches it)
     metrics = to_floats(trainer.callback_metrics)
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        log_wandb_media(trainer, module, datamodule.test_set, confmat)
     written = [write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json", protocol)]
     if cfg.get("output"):
         written.append(write_json(metrics, cfg.output, protocol))
     log.info("Protocol: %s", protocol)
     log.info("Metrics written to %s", ", ".join(str(p) for p in written))
     return metrics
+
+
+def name_wandb_run(cfg: DictConfig, resolution: str, tta: bool) -> None:
+    """`logger.wandb` for an evaluation (WANDB_MODE first): job_type `evaluate`, name
+    `evaluate-<training W&B id>`, the training run's W&B group when its status.json records one,
+    tags `evaluate`, `resolution:<r>` (and `tta`); no checkpoint artifacts. Fills only what the
+    user left empty."""
+    apply_wandb_env(cfg)
+    if not has_wandb(cfg):
+        return
+    _, status = training_run(cfg.ckpt_path)
+    train_id, group = status.get("wandb_id"), status.get("wandb_group")
+    wandb_cfg = cfg.logger.wandb
+    with open_dict(cfg):
+        if not wandb_cfg.get("job_type"):
+            wandb_cfg.job_type = "evaluate"
+        if not wandb_cfg.get("name") and train_id:
+            wandb_cfg.name = f"evaluate-{train_id}"
+        if not wandb_cfg.get("group"):
+            wandb_cfg.group = group
+        tags = {*(wandb_cfg.get("tags") or []), "evaluate", f"resolution:{resolution}"}
+        wandb_cfg.tags = sorted(tags | ({"tta"} if tta else set()))
+        wandb_cfg.log_model = False  # an evaluation saves no checkpoint
+
+
+def run_config(cfg: DictConfig, protocol: str) -> dict[str, Any]:
+    """What every logger records of an evaluation: the composed config, the protocol, and the
+    training run scored (`train_run_id`: its W&B id, None when it logged none)."""
+    folder, status = training_run(cfg.ckpt_path)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    return {
+        **config,
+        "protocol": protocol,
+        "train_run_id": status.get("wandb_id") or None,
+        "train_run_dir": str(folder) if folder else None,
+    }
+
+
+def log_wandb_media(
+    trainer: L.Trainer, module: SegModule, test_set: PetTrimaps, confmat: torch.Tensor | None
+) -> None:
+    """To W&B: `test/confusion_table` and `test/confusion` for `confmat` (the full-size one),
+    and `test/predictions`, OVERLAY_IMAGES test images with their true and predicted masks."""
+    import wandb
+
+    media: dict[str, Any] = {}
+    if confmat is not None:
+        folder = Path(trainer.default_root_dir) / "confusion"
+        png, _ = save_confusion(confmat, module.class_names, folder, CONFUSION_NAME)
+        columns, rows = confusion_table(confmat, module.class_names)
+        media["test/confusion_table"] = wandb.Table(columns=columns, data=rows)
+        media["test/confusion"] = wandb.Image(str(png), caption=CONFUSION_NAME)
+    media["test/predictions"] = overlay_images(trainer, module, test_set)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_metrics(media, step=scores_step(trainer))  # type: ignore[arg-type]
+
+
+def overlay_images(trainer: L.Trainer, module: SegModule, test_set: PetTrimaps) -> list[Any]:
+    """OVERLAY_IMAGES test images as the network saw them, each a `wandb.Image` with
+    `ground_truth` and `predictions` mask layers; predicted by `trainer` (its device and
+    precision, and the TTA when on)."""
+    import wandb
+
+    indices = spread_over_breeds(test_set.names, OVERLAY_IMAGES)
+    items = [test_set[i] for i in indices]
+    loader = DataLoader(items, batch_size=len(items))
+    preds = torch.cat(trainer.predict(module, dataloaders=loader)).cpu().numpy()  # (N, H, W)
+    labels = dict(enumerate(module.class_names))
+
+    def layer(mask: np.ndarray) -> dict[str, Any]:
+        valid = (mask >= 0) & (mask < len(labels))
+        data = np.where(valid, mask, WANDB_IGNORED).astype(np.uint8)
+        layer_labels = labels if valid.all() else {**labels, WANDB_IGNORED: "ignored"}
+        return {"mask_data": data, "class_labels": layer_labels}
+
+    return [
+        wandb.Image(
+            to_rgb(item["image"].float().numpy()),
+            masks={"predictions": layer(pred), "ground_truth": layer(item["mask"].numpy())},
+            caption=f"test {test_set.names[index]} ({pred.shape[1]}x{pred.shape[0]} px)",
+        )
+        for index, item, pred in zip(indices, items, preds, strict=True)
+    ]
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

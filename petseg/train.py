@@ -10,7 +10,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from petseg.run_status import (
     read_status,
     remove_stale_temp_files,
 )
+from petseg.wandb_run import apply_wandb_env, finish_wandb, wandb_status_fields
 
 log = logging.getLogger("petseg.train")
 
@@ -66,24 +66,6 @@ def model_stats(net: torch.nn.Module, image_size: int, in_channels: int = 3) -> 
         "model/mult_adds": int(per_op),
         "model/mult_adds_torchinfo": int(stats.total_mult_adds),
     }
-
-
-def apply_wandb_env(cfg: DictConfig) -> None:
-    """WANDB_MODE in the environment wins over `logger.wandb.offline`; `disabled` drops W&B.
-
-    Checkpoint artifacts (`log_model`) are uploaded only online: offline they cannot be.
-    """
-    if not cfg.get("logger") or "wandb" not in cfg.logger:
-        return
-    mode = os.environ.get("WANDB_MODE")
-    with open_dict(cfg):
-        if mode == "disabled":
-            del cfg.logger["wandb"]
-            return
-        if mode:
-            cfg.logger.wandb.offline = mode in ("offline", "dryrun")
-        if cfg.logger.wandb.offline:
-            cfg.logger.wandb.log_model = False
 
 
 def hydra_runtime() -> Any | None:
@@ -147,10 +129,6 @@ def run_hyperparams(cfg: DictConfig, stats: dict[str, int]) -> dict[str, Any]:
     return {**config, "choices": hydra_choices(), "overrides": overrides, **stats}
 
 
-def wandb_id(cfg: DictConfig) -> str | None:
-    return cfg.logger.wandb.get("id") if cfg.get("logger") and "wandb" in cfg.logger else None
-
-
 def status_file(cfg: DictConfig) -> StatusFile | None:
     """The run folder's status.json writer; None off rank 0 (DDP's other ranks run this script
     too, with their own unused W&B ids) or without a run folder."""
@@ -168,13 +146,6 @@ def status_file(cfg: DictConfig) -> StatusFile | None:
         )
     remove_stale_temp_files(folder)
     return StatusFile(folder)
-
-
-def finish_wandb(exit_code: int = 0) -> None:
-    """Close this job's W&B run with the run's exit code (non-zero: W&B marks it failed), so the
-    next multirun job starts its own."""
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish(exit_code=exit_code)
 
 
 def resolve_auto_weights(cfg: DictConfig, datamodule: Any) -> None:
@@ -266,7 +237,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             apply_wandb_env(cfg)
             name_wandb_run(cfg)
             if status is not None:
-                status.write("running", wandb_id=wandb_id(cfg))
+                status.write("running", **wandb_status_fields(cfg))
                 if cfg.get("print_config", True):
                     print_config(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
             metrics = fit_and_test(cfg, guard)

@@ -19,7 +19,9 @@ from PIL import Image
 
 from petseg.errors import ConfigError
 from petseg.evaluate import evaluate
+from petseg.run_status import read_status
 from petseg.train import train
+from petseg.wandb_run import training_run
 
 from conftest import cli_config, compose_config, single_thread
 from stub_nets import stub_checkpoint
@@ -202,15 +204,20 @@ def test_cli_prints_the_protocol(tmp_path: Path, two_photos: Path) -> None:
     assert f"{198 / 216:.6f}" in next(line for line in lines if line.startswith("test/pixel_acc"))
 
 
+TRAIN_GROUP = "sweep-a"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real segnet_dsc checkpoint: one epoch (3 steps) on the synthetic DATA at 32 px."""
-    with single_thread():
+    """A real segnet_dsc checkpoint: one epoch (3 steps) on the synthetic DATA at 32 px, logged
+    to an offline W&B run in group TRAIN_GROUP (its id and group go to status.json)."""
+    with single_thread(), pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
         tmp = tmp_path_factory.mktemp("train")
         overrides = [
             f"paths.root_dir={tmp}", "trainer.accelerator=cpu", "trainer.devices=1",
             *DATA, "model=segnet_dsc", "trainer.max_epochs=1", "trainer.precision=32-true",
-            "test=false", "logger=csv",
+            "test=false", "logger=wandb", f"logger.wandb.group={TRAIN_GROUP}",
         ]  # fmt: skip
         cfg = compose_config(overrides)
         with open_dict(cfg):
@@ -258,3 +265,89 @@ def test_bad_tta_is_one_line_before_the_checkpoint_loads(tmp_path: Path) -> None
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match=r"^tta\.size: unknown key"):
         evaluate(evaluate_config(tmp_path, *DATA, "+tta.size=2"))
+
+
+@pytest.fixture
+def wandb_spy(monkeypatch) -> dict[str, list]:
+    """wandb.init and wandb.finish, recorded: `runs` (each run's job_type, group, tags and config
+    as it finished, and the exit code) and `logged` (every dict a run logged)."""
+    import wandb
+
+    spy: dict[str, list] = {"inits": [], "logged": [], "runs": []}
+    real_init, real_finish = wandb.init, wandb.finish
+
+    def init(*args, **kwargs):
+        run = real_init(*args, **kwargs)
+        real_log = run.log
+        run.log = lambda data, *a, **k: (spy["logged"].append(data), real_log(data, *a, **k))[1]
+        spy["inits"].append(kwargs)
+        return run
+
+    def finish(*args, **kwargs):
+        run = wandb.run
+        seen = (run.job_type, run.group, set(run.tags), dict(run.config), kwargs.get("exit_code"))
+        spy["runs"].append(seen)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "finish", finish)
+    return spy
+
+
+@pytest.mark.parametrize("resolution", ["original", "train"])
+def test_wandb_run_of_its_own_linked_to_the_training_run(
+    trained: Path, tmp_path: Path, resolution: str, wandb_spy, monkeypatch, one_thread
+) -> None:
+    """logger=wandb: an offline run, job_type evaluate, in the training run's group, whose config
+    holds the training run's W&B id; it gets the scores, the confusion matrix (the one saved to
+    the run folder) and the test images with their masks, and is finished."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    status = read_status(trained.parent.parent)
+    assert status["wandb_id"] and status["wandb_group"] == TRAIN_GROUP
+    options = [f"ckpt_path={trained}", f"resolution={resolution}", "logger=wandb"]
+    metrics = evaluate(evaluate_config(tmp_path, *DATA, *options))
+
+    assert wandb.run is None and len(wandb_spy["runs"]) == 1
+    job_type, group, tags, config, exit_code = wandb_spy["runs"][0]
+    assert (job_type, group, exit_code) == ("evaluate", TRAIN_GROUP, 0)
+    assert {"evaluate", f"resolution:{resolution}"} <= tags
+    assert config["train_run_id"] == status["wandb_id"]
+    assert config["train_run_dir"] == str(trained.parent.parent.resolve())
+    assert config["protocol"].startswith(f"resolution={resolution}:")
+    assert list((tmp_path / "evaluate" / "wandb").glob("offline-run-*"))
+
+    logged = {k: v for data in wandb_spy["logged"] for k, v in data.items()}
+    assert logged["test/miou"] == pytest.approx(metrics["test/miou"])
+    table = logged["test/confusion_table"]
+    assert isinstance(table, wandb.Table) and isinstance(logged["test/confusion"], wandb.Image)
+    name = "test_original" if resolution == "original" else "test_epoch000"
+    counts = confusion_counts(tmp_path / "evaluate" / "confusion" / f"{name}.csv")
+    assert [row[1:-1] for row in table.data] == counts and sum(map(sum, counts)) > 0
+    overlays = logged["test/predictions"]
+    assert len(overlays) == 4 and all(isinstance(image, wandb.Image) for image in overlays)
+
+
+def test_no_wandb_without_logger_or_when_disabled(
+    tmp_path: Path, two_photos: Path, wandb_spy, monkeypatch, one_thread
+) -> None:
+    """Without logger=, no W&B run (WANDB_MODE=offline or not); WANDB_MODE=disabled wins over
+    logger=wandb. The scores are the same either way."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    plain = stub_evaluate(tmp_path, two_photos)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    disabled = stub_evaluate(tmp_path, two_photos, "logger=wandb")
+    assert wandb_spy["inits"] == [] and not (tmp_path / "evaluate" / "wandb").exists()
+    assert disabled["test/pixel_acc"] == plain["test/pixel_acc"] == pytest.approx(198 / 216)
+
+
+def test_training_run_is_the_folder_above_checkpoints(tmp_path: Path) -> None:
+    """A checkpoint in <run>/checkpoints/ links to <run>/status.json; one kept anywhere else
+    links to nothing (the folder above it is no run of its)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"wandb_id": "abc", "wandb_group": None}))
+    assert training_run(run / "checkpoints" / "last.ckpt") == (run, read_status(run))
+    assert read_status(run)["wandb_id"] == "abc"
+    assert training_run(run / "last.ckpt") == (None, {})
