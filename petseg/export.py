@@ -1,15 +1,10 @@
 """`python -m petseg.export ckpt_path=... [format=onnx] [output=...] [image_size=...]`: deployment.
 
-Exports the checkpoint's network (eval mode: BatchNorm running statistics, no dropout) to ONNX with
-`torch.onnx.export(..., dynamo=True)` at a fixed square size and a dynamic batch dimension (input
-`image` float32 (B, 3, S, S) in [0, 1], output `logits` (B, num_classes, S, S)). The TorchScript
-exporter and `torch.jit.trace` cannot take SegNet: its MaxUnpool2d's index check is a tensor
-condition; the dynamo exporter handles it. Then ONNX Runtime runs the file on a seeded random batch:
-the command prints the max abs difference of the logits and the argmax agreement against eager
-PyTorch, and the batch-1 latency of both, and fails (exit 1) when they disagree beyond
-`atol` / `min_agreement`.
-
-Needs the `export` extra: onnx, onnxscript, onnxruntime.
+The checkpoint's network in eval mode to ONNX with `torch.onnx.export(..., dynamo=True)`: input
+`image` float32 (B, 3, S, S) in [0, 1], output `logits` (B, num_classes, S, S), S fixed, B dynamic.
+Dynamo because TorchScript and `torch.jit.trace` cannot take SegNet (MaxUnpool2d's index check is
+a tensor condition). ONNX Runtime then runs a seeded batch: prints the logit difference, argmax
+agreement and both batch-1 latencies, and exits 1 beyond `atol` / `min_agreement`.
 """
 
 from __future__ import annotations

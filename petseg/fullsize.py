@@ -2,10 +2,9 @@
 toolkits: the network sees the image as in training (resized to `data.image_size`), its logits
 are resized bilinearly to the full-size trimap, and the trimap's labels are used untouched.
 
-Scoring at the training resolution instead compares against trimaps shrunk with nearest
-interpolation, which drops thin structures (the border class most) and weighs every image the
-same number of pixels whatever its size. Images differ in size, so each sample's logits are
-resized on their own, one image at a time (memory stays one full-size image's logits).
+Why: at the training resolution the trimaps are shrunk with nearest, which drops thin structures
+(the border class most) and gives every image the same number of pixels whatever its size. Sizes
+differ, so logits are resized one image at a time (memory stays one full-size image's logits).
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
-"""`python -m petseg.gpucheck` (`make gpu-check`): every GPU path of petseg in one run of < 6 min.
+"""`python -m petseg.gpucheck` (`make gpu-check`): every GPU path of petseg in one prepared run.
 
-For a machine with one GPU lent for a few minutes: one prepared run, stages in this order, each
-with its own time cap inside one overall budget (default 320 s; a stage that does not fit, or is
-cut by the budget's watchdog, is `skipped`, not failed):
-  data        a trainval set at Oxford-IIIT Pet sizes (500x375 JPEGs, 3,680 images), made once in
-              parallel and cached in the user cache; meanwhile a 1-GPU `trainer=ddp` run and a 2-job
-              `hydra/launcher=gpu_pool` sweep on the GPU run as `python -m petseg.train` processes
-  epoch       one full epoch of segnet_dsc from a cold decoded cache, then a warm one: setup
-              (scan + cache build), first batch, data wait, steps
-  throughput  a short bf16 fit of segnet_dsc, unet, vit, segformer and smp U-Net/ResNet-34, eager
-              and channels_last: images/s, TFLOP/s, share of the bf16 peak, peak memory, data wait
-  checks      fused Adam = unfused, data.gpu_augment's flip/jitter statistics = the CPU path's
-  compile     the same fits with perf.compile=true + channels_last, compiled vs eager logits
-Writes outputs/gpu-check/latest.json and latest.md after every item; exits 1 on a failed check.
-
-Achieved TFLOP/s = 6 x mult-adds per image (petseg.flops, one forward) x images/s / 1e12: a
-mult-add is 2 FLOPs and training costs ~3 forwards (forward, backward for inputs and weights).
-
-Without a GPU it says so and runs `--dry-run`: the same stages on the CPU at tiny sizes (fp32,
-compile with the eager backend), written to outputs/gpu-check/dry-run.json; exit 0 if it passed.
-A module, not a script under tools/: it imports petseg's builders as the other CLIs do, runs
-from any folder, and the suite imports it like any petseg module.
+For a GPU lent for a few minutes: stages data, epoch, throughput, checks and compile, in that
+order, each with its own time cap inside one `--budget`; a stage that does not fit is `skipped`,
+not failed. Writes outputs/gpu-check/latest.json and latest.md after every item; exits 1 on a
+failed check. Without a GPU it runs `--dry-run` (CPU, tiny sizes) into dry-run.json. A module,
+not a tools/ script: it imports petseg's builders as the other CLIs do and runs from any folder.
 """
 
 from __future__ import annotations

@@ -2,18 +2,8 @@
 
 Pillow's `convert("RGB")` alone is wrong for several modes: 16-bit and 32-bit greys are clipped
 at 255 (a 16-bit PNG turns all white), float images likewise, and alpha is dropped, so the
-colour hidden under transparent pixels (often black) reaches the network. This reader applies
-the EXIF orientation first (phones store pixels sideways plus a tag), then per mode:
-
-- RGB, L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversion (CMYK without its ICC profile).
-- LA, PA, RGBA, RGBa, and L/P/RGB with a transparency key: composited over white, as on a white
-  page, so transparent areas are plain background rather than whatever the file stored there.
-- I;16 (any byte order): the high byte (value >> 8), which keeps the full range.
-- I (32-bit integer): as 16-bit when its values lie in 0..65535 (Pillow's own reading of some
-  16-bit files), refused otherwise.
-- F (32-bit float): x 255 when its values lie in [0, 1], refused otherwise (no scale to assume).
-- Any other mode: refused.
-
+colour hidden under transparent pixels (often black) reaches the network. read_photo applies the
+EXIF orientation first (phones store pixels sideways plus a tag), then to_rgb's rules per mode.
 Training images are not read here: the dataset's trimaps follow the stored pixels, not EXIF.
 """
 
@@ -56,8 +46,18 @@ def read_photo(path: str | Path) -> np.ndarray:
         ) from None
 
 
+# to_rgb's rules, in the order it tests them:
+# - LA, PA, RGBA, RGBa, and L/P/RGB with a transparency key: composited over white, as on a white
+#   page, so transparent areas are plain background rather than whatever the file stored there.
+# - RGB, L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversion (CMYK without its ICC profile).
+# - I;16 (any byte order): the high byte (value >> 8), which keeps the full range.
+# - I (32-bit integer): as 16-bit when its values lie in 0..65535 (Pillow's own reading of some
+#   16-bit files), refused otherwise.
+# - F (32-bit float): x 255 when its values are finite and in [0, 1], refused otherwise (no scale
+#   to assume).
+# - Any other mode: refused.
 def to_rgb(img: Image.Image, path: str | Path = "image") -> np.ndarray:
-    """RGB uint8 (H, W, 3) of an open image, by the rules in this module's docstring."""
+    """RGB uint8 (H, W, 3) of an open image, by the per-mode rules above."""
     mode = img.mode
     if mode in ALPHA_MODES or (mode in KEYED_MODES and "transparency" in img.info):
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))

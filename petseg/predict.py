@@ -1,19 +1,10 @@
 """`python -m petseg.predict ckpt_path=... input=<image or folder> output=<folder>`: new images.
 
-For each image writes `<name>_mask.png` (a palette PNG whose indices are the trimap values 1 pet /
-2 background / 3 border, coloured as the training pictures; at
-the image's own size), `<name>_overlay.png` (pet and border blended in the same colours, the
-background as it is, a legend in the top-left corner) and, with
-`cutout=true`, `<name>_cutout.png` (RGBA, background transparent). Images are read upright as
-viewers show them (EXIF orientation applied first) and converted to RGB by `petseg.photo` (16-bit
-scaled, alpha composited over white). A file that cannot be read is reported on one line naming it
-and skipped; the run fails (exit 1) only when no image was written.
-
-The network sees what it saw in training: the eval pipeline's resize to `image_size` (square, as
-`data.image_size`), floats in [0, 1]. Its logits are resized bilinearly to the image's size and
-argmax'ed there, which gives smooth boundaries instead of the staircase of upsampled labels.
-`tta.hflip=true` / `tta.scales=[...]` (`petseg.tta`) average the softmax over flips and scales
-first.
+Per image, at its own size: a palette `<name>_mask.png` of trimap values 1/2/3, an overlay and,
+with `cutout=true`, a cutout (README's Prediction section). Images are read by `petseg.photo`; an
+unreadable one is reported on one line and skipped; exit 1 only when nothing was written. The
+network sees the eval resize to `image_size`, as in training; its logits are resized bilinearly to
+the image before the argmax, which gives smooth boundaries instead of upsampled labels' staircase.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""Size and speed of every `conf/model/*.yaml`, and the regular-vs-depthwise-separable conv table.
+"""Size and speed of every `conf/model/*.yaml`, and the conv vs depthwise-separable conv table.
 
     python -m petseg.summary [--runs 5] [--threads 1] [overrides, e.g. data.image_size=256]
     python -m petseg.summary model=smp_unet_resnet34,unet [overrides]  # those models only
     python -m petseg.summary conv_vs_dsc
 
-Pretrained encoders (smp's `encoder_weights`) are not fetched: sizes and speeds do not depend on
-the weights, so every model is built randomly initialised (offline too).
-
-Both print Markdown tables (for the README).
+Both print Markdown tables; pretrained encoders are never fetched: weights change no figure here.
 """
 
 from __future__ import annotations

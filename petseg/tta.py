@@ -1,13 +1,10 @@
 """Test-time augmentation for evaluate and predict: softmax probabilities averaged over flips and
 scales of the input, returned as log-probabilities so argmax, metrics and losses work unchanged.
 
-Config (`tta:` in conf/evaluate.yaml and conf/predict.yaml): `hflip` (also run the mirrored image
-and mirror its output back) and `scales` (each scale resizes the input bilinearly, runs the
-network, and resizes its logits back to the input size). `tta=hflip` and `tta=none` are
-shorthands. Each scaled side is rounded to the nearest multiple of the network's stride (at least
-one stride), the stride `petseg.config.model_stride` reads from the checkpoint's network config,
-so every pass meets the network's input constraint. Off (`hflip: false`, `scales: [1.0]`) the
-network is not wrapped at all: scores are exactly those without TTA.
+Options: `tta:` in conf/evaluate.yaml and conf/predict.yaml. Each scaled side is rounded to the
+nearest multiple of the network's stride (at least one stride; petseg.config.model_stride reads it
+from the checkpoint's network config), so every pass meets the network's input constraint. Off
+(`hflip: false`, `scales: [1.0]`) the network is not wrapped: scores are exactly those without TTA.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@
 root is <dataset>/.petseg-cache, or $XDG_CACHE_HOME/petseg/decoded-<hash> if that is read-only.
 The key hashes the sorted names, each file's size and mtime_ns, S and CACHE_VERSION. The manifest,
 written last, holds each array's sha256: ensure_cache checks it once per setup (workers just map)
-and rebuilds a cache that is missing, foreign, torn or changed in place. A lock makes concurrent
-runs build once. S = image_size by default; a larger data.cache_size leaves the pipeline a resize.
+and rebuilds a cache that is missing, foreign, torn or changed in place; a lock builds it once.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """`python -m petseg.data.check data.root=... [--write-exclude] [--workers N]`: find bad data files.
 
-Decodes every image and trimap of annotations/trainval.txt and test.txt (in threads) and lists each
-fault per file: breaking ones (faults.BREAKING: setup stops on them) and ones the reader handles.
-Exit 0 when no breaking fault is left outside annotations/exclude.txt, exactly when setup will not
-stop; 1 otherwise; 2, one line, without a dataset or split list. --write-exclude lists the breaking
-samples in exclude.txt. Results are cached per file by (path, size, mtime_ns) (scanner.cache_path).
-The scan itself is petseg.data's faults, scanner and exclude, which setup uses too.
+Decodes every image and trimap of trainval.txt and test.txt (in threads) and lists each fault per
+file: breaking ones (faults.BREAKING: setup stops on them) and ones the reader handles. Exit 0
+exactly when setup will not stop (no breaking fault outside annotations/exclude.txt), 1 otherwise,
+2 without a dataset or split list. The scan is petseg.data's faults, scanner and exclude, the
+same code setup runs, so this report and setup agree.
 """
 
 from __future__ import annotations

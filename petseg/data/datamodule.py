@@ -68,12 +68,10 @@ def worker_context(num_workers: int) -> str | None:
 class PetDataModule(L.LightningDataModule):
     """Train/val from a seeded split of `trainval`, test from the official `test` list.
 
-    val_fraction=0: no split, as in the article: train on all of trainval, and val is the test
-    list (through eval_augment's pipeline when set), so val scores are test scores.
-
-    labels / border (data.labels, data.border) choose the classes: trimap (pet, background,
-    border), binary (pet with its border, background), border=ignore (pet, background; border
-    pixels labelled IGNORE_INDEX). num_classes must match (the yaml derives it).
+    val_fraction=0 (the article's protocol): train on all of trainval, val is the test list
+    (through eval_augment's pipeline when set), so val scores are test scores. labels / border
+    choose the classes: trimap, binary (pet with its border vs background) or border=ignore (border
+    pixels labelled IGNORE_INDEX); num_classes must match (the yaml derives it).
     """
 
     def __init__(
