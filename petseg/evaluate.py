@@ -25,20 +25,21 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from petseg.build import build, build_loggers, build_trainer, to_floats
 from petseg.checkpoint import load_module
 from petseg.config import CONF_DIR
+from petseg.confusion import report_confusion
 from petseg.data.oxford import PetTrimaps
 from petseg.errors import ConfigError, PetsegError, print_user_error
 from petseg.fullsize import CONFUSION_NAME, FullSizeScorer, full_size_loader
-from petseg.metrics import article_protocol, confusion_table, save_confusion
-from petseg.module import SegModule, scores_step
+from petseg.media import log_to_wandb, wandb_loggers
+from petseg.metrics import article_protocol
+from petseg.module import SegModule
 from petseg.tta import apply_tta, tta_options
-from petseg.visualize import WANDB_IGNORED, spread_over_breeds, to_rgb
+from petseg.visualize import spread_over_breeds, to_rgb, wandb_overlays
 from petseg.wandb_run import apply_wandb_env, finish_wandb, has_wandb, training_run
 
 log = logging.getLogger("petseg.evaluate")
@@ -144,7 +145,7 @@ def score(cfg: DictConfig) -> dict[str, float]:
         trainer.test(scorer, dataloaders=loader, verbose=False)
         confmat = scorer.confmat.compute()  # the epoch's matrix again (torchmetrics caches it)
     metrics = to_floats(trainer.callback_metrics)
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+    if wandb_loggers(trainer):
         log_wandb_media(trainer, module, datamodule.test_set, confmat)
     written = [write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json", protocol)]
     if cfg.get("output"):
@@ -195,48 +196,20 @@ def log_wandb_media(
     trainer: L.Trainer, module: SegModule, test_set: PetTrimaps, confmat: torch.Tensor | None
 ) -> None:
     """To W&B: `test/confusion_table` and `test/confusion` for `confmat` (the full-size one),
-    and `test/predictions`, OVERLAY_IMAGES test images with their true and predicted masks."""
-    import wandb
-
-    media: dict[str, Any] = {}
+    and `test/predictions`, OVERLAY_IMAGES test images (spread over breeds) as the network saw
+    them, with their true and predicted masks; predicted by `trainer` (its device, precision and
+    the TTA when on)."""
     if confmat is not None:
-        folder = Path(trainer.default_root_dir) / "confusion"
-        png, _ = save_confusion(confmat, module.class_names, folder, CONFUSION_NAME)
-        columns, rows = confusion_table(confmat, module.class_names)
-        media["test/confusion_table"] = wandb.Table(columns=columns, data=rows)
-        media["test/confusion"] = wandb.Image(str(png), caption=CONFUSION_NAME)
-    media["test/predictions"] = overlay_images(trainer, module, test_set)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_metrics(media, step=scores_step(trainer))  # type: ignore[arg-type]
-
-
-def overlay_images(trainer: L.Trainer, module: SegModule, test_set: PetTrimaps) -> list[Any]:
-    """OVERLAY_IMAGES test images as the network saw them, each a `wandb.Image` with
-    `ground_truth` and `predictions` mask layers; predicted by `trainer` (its device and
-    precision, and the TTA when on)."""
-    import wandb
-
+        report_confusion(trainer, confmat, module.class_names, CONFUSION_NAME)
     indices = spread_over_breeds(test_set.names, OVERLAY_IMAGES)
     items = [test_set[i] for i in indices]
     loader = DataLoader(items, batch_size=len(items))
     preds = torch.cat(trainer.predict(module, dataloaders=loader)).cpu().numpy()  # (N, H, W)
-    labels = dict(enumerate(module.class_names))
-
-    def layer(mask: np.ndarray) -> dict[str, Any]:
-        valid = (mask >= 0) & (mask < len(labels))
-        data = np.where(valid, mask, WANDB_IGNORED).astype(np.uint8)
-        layer_labels = labels if valid.all() else {**labels, WANDB_IGNORED: "ignored"}
-        return {"mask_data": data, "class_labels": layer_labels}
-
-    return [
-        wandb.Image(
-            to_rgb(item["image"].float().numpy()),
-            masks={"predictions": layer(pred), "ground_truth": layer(item["mask"].numpy())},
-            caption=f"test {test_set.names[index]} ({pred.shape[1]}x{pred.shape[0]} px)",
-        )
-        for index, item, pred in zip(indices, items, preds, strict=True)
-    ]
+    rgbs = [to_rgb(item["image"].float().numpy()) for item in items]
+    masks = np.stack([item["mask"].numpy() for item in items])
+    captions = [f"test {test_set.names[i]} ({preds.shape[2]}x{preds.shape[1]} px)" for i in indices]
+    overlays = wandb_overlays(rgbs, masks, preds, module.class_names, captions)
+    log_to_wandb(trainer, {"test/predictions": overlays})
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

@@ -18,7 +18,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2.functional import (
     InterpolationMode,
@@ -30,7 +29,7 @@ from torchvision.transforms.v2.functional import (
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from petseg.errors import ConfigError
-from petseg.media import scores_step
+from petseg.media import log_to_wandb, wandb_loggers
 from petseg.metrics import argmax_classes
 
 Colour = tuple[int, int, int]  # RGB
@@ -357,13 +356,10 @@ class PredictionImages(L.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
         self.frames[epoch] = path
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                overlays = wandb_overlays(rgbs, masks.numpy(), preds.numpy(), class_names, epoch)
-                logger.log_metrics(
-                    {"val/predictions": overlays, "epoch": epoch},  # type: ignore[dict-item]
-                    step=scores_step(trainer),
-                )
+        if wandb_loggers(trainer):
+            captions = [f"val[{i}] epoch {epoch}" for i in range(len(rgbs))]
+            overlays = wandb_overlays(rgbs, masks.numpy(), preds.numpy(), class_names, captions)
+            log_to_wandb(trainer, {"val/predictions": overlays, "epoch": epoch})
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.gif and self.frames and trainer.is_global_zero:
@@ -382,7 +378,7 @@ def wandb_overlays(
     masks: np.ndarray,
     preds: np.ndarray,
     class_names: Sequence[str],
-    epoch: int,
+    captions: Sequence[str],
 ) -> list[Any]:
     """One `wandb.Image` per image with `ground_truth` and `predictions` mask layers."""
     import wandb
@@ -399,7 +395,7 @@ def wandb_overlays(
         wandb.Image(
             rgb,
             masks={"predictions": layer(pred), "ground_truth": layer(mask)},
-            caption=f"val[{i}] epoch {epoch}",
+            caption=caption,
         )
-        for i, (rgb, mask, pred) in enumerate(zip(rgbs, masks, preds, strict=True))
+        for rgb, mask, pred, caption in zip(rgbs, masks, preds, captions, strict=True)
     ]
