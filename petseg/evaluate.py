@@ -1,16 +1,10 @@
 """`python -m petseg.evaluate ckpt_path=... [overrides]`: a checkpoint on the official test split.
 
-Prints the protocol and every `test/*` metric and writes them as JSON to `<run dir>/metrics.json`
-(and to `output=` when given, `"protocol"` beside the metrics); the confusion matrix goes to
-`<run dir>/confusion/`. `resolution=original` (the default) scores each image at its own size
-against its untouched full-size trimap (`petseg.fullsize`); `resolution=train` scores at
-`data.image_size` as training's `test/*` metrics do. `metrics.article_protocol=true` evaluates as
-the article did (see `petseg.metrics.article_protocol`), at the training resolution only.
-`tta.hflip=true` / `tta.scales=[...]` (`petseg.tta`) score the softmax averaged over flips and
-scales, at either resolution; `test/loss` is then the loss of the averaged prediction.
-`logger=wandb` logs a W&B run of its own (job_type `evaluate`, offline unless asked): the scores,
-the confusion matrix and a few test images with their masks, linked to the training run by
-`train_run_id` in its config and the training run's W&B group.
+Prints the protocol and every `test/*` metric, writes them to `<run dir>/metrics.json` (and
+`output=`), the confusion matrix to `<run dir>/confusion/`. `resolution=original` scores each
+image at its own size against its untouched trimap (`petseg.fullsize`), `resolution=train` as
+training's `test/*` metrics; `tta.*` averages flips and scales (`petseg.tta`). `logger=wandb`
+logs a run of its own (job_type `evaluate`), linked to the training run (`train_run_id`).
 """
 
 from __future__ import annotations
