@@ -14,7 +14,7 @@ import pytest
 from petseg.config import model_names
 from petseg.console import config_tree, print_config, quiet_known_noise
 
-from conftest import ROOT, compose_config
+from conftest import ROOT, compose_config, run_module
 
 
 def test_config_tree_is_printed_and_saved(tmp_path: Path, capsys) -> None:
@@ -81,16 +81,9 @@ wandb.finish()
 def test_wandb_anonymous_notice_is_dropped_other_wandb_output_kept(
     tmp_path: Path, quiet: bool
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
-    env |= {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", WANDB_RUN, "quiet" if quiet else "loud"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    (tmp_path / "quiet_check.py").write_text(WANDB_RUN)
+    mode = "quiet" if quiet else "loud"
+    done = run_module("quiet_check", mode, cwd=tmp_path, WANDB_MODE="offline", WANDB_SILENT="false")
     assert done.returncode == 0, done.stderr
     assert ("anonymous setting has no effect" in done.stderr) is not quiet
     assert done.stderr.count("a warning a user can act on") == 1
