@@ -107,7 +107,8 @@ def scan(
     with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
         paths, trimap = [base / r for r in todo], [r.startswith("annotations/") for r in todo]
         found = pool.map(inspect_file, paths, trimap)
-        bar = tqdm(found, total=len(todo), desc="scanning files", unit="file", disable=None)
+        quiet = None if todo else True  # None: a bar on a terminal; nothing to scan: none
+        bar = tqdm(found, total=len(todo), desc="scanning files", unit="file", disable=quiet)
         for rel, info in zip(todo, bar, strict=True):
             infos[rel] = info
             entries[rel] = [*keys[rel], info]
