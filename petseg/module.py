@@ -48,7 +48,8 @@ class SegModule(L.LightningModule):
 
     Per stage (`train/`, `val/`, `test/`), over the whole split: loss, the confusion-matrix scores
     (`petseg.metrics.scores_from_confmat`), `soft_iou` (mean over images) and, with
-    `article_protocol`, the article's figures. Validation also logs `val/miou_best` and its epoch.
+    `article_protocol`, the article's figures; train scores but the loss from every
+    `train_metrics_every_n_steps`-th batch. Validation also logs `val/miou_best` and its epoch.
     `channels_last`, `compile` and `train_metrics_every_n_steps` are the `perf.*` speed switches.
     """
 
