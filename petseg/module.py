@@ -46,11 +46,10 @@ class SegModule(L.LightningModule):
     """Wraps a network built from its `_target_` config; the configs are the hyperparameters, so
     `SegModule.load_from_checkpoint(path)` rebuilds network and loss with no Hydra run.
 
-    Per stage (`train/`, `val/`, `test/`), over the whole split: loss, the confusion-matrix scores
-    (`petseg.metrics.scores_from_confmat`), `soft_iou` (mean over images) and, with
-    `article_protocol`, the article's figures; train scores but the loss from every
-    `train_metrics_every_n_steps`-th batch. Validation also logs `val/miou_best` and its epoch.
-    `channels_last`, `compile` and `train_metrics_every_n_steps` are the `perf.*` speed switches.
+    Per stage (`train/`, `val/`, `test/`), over the split: loss, the confusion-matrix scores,
+    `soft_iou` (mean over images), with `article_protocol` the article's figures (train's scores
+    but the loss: every `train_metrics_every_n_steps`-th batch), and `val/miou_best` with its
+    epoch. `channels_last`, `compile` and `train_metrics_every_n_steps` are `perf.*` switches.
     """
 
     def __init__(
