@@ -25,10 +25,9 @@ from torch.utils.data import DataLoader
 from petseg.build import build, build_loggers, build_trainer, to_floats
 from petseg.checkpoint import load_module
 from petseg.config import CONF_DIR
-from petseg.confusion import report_confusion
 from petseg.data.oxford import PetTrimaps
 from petseg.errors import ConfigError, PetsegError, print_user_error
-from petseg.fullsize import CONFUSION_NAME, FullSizeScorer, full_size_loader
+from petseg.fullsize import FullSizeScorer, full_size_loader
 from petseg.media import log_to_wandb, wandb_loggers
 from petseg.metrics import article_protocol
 from petseg.module import SegModule
@@ -127,7 +126,6 @@ def score(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, logger=loggers or False, enable_checkpointing=False)
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config(cfg, protocol))
-    confmat = None  # at resolution=train SegModule logs its confusion matrix to W&B itself
     if resolution == "train":
         trainer.test(module, datamodule=datamodule, verbose=False)
     else:
@@ -135,12 +133,10 @@ def score(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("test")
         dm = datamodule
         loader = full_size_loader(dm.test_set, dm.batch_size, dm.num_workers, dm.pin_memory)
-        scorer = FullSizeScorer(module)
-        trainer.test(scorer, dataloaders=loader, verbose=False)
-        confmat = scorer.confmat.compute()  # the epoch's matrix again (torchmetrics caches it)
+        trainer.test(FullSizeScorer(module), dataloaders=loader, verbose=False)
     metrics = to_floats(trainer.callback_metrics)
     if wandb_loggers(trainer):
-        log_wandb_media(trainer, module, datamodule.test_set, confmat)
+        log_wandb_predictions(trainer, module, datamodule.test_set)
     written = [write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json", protocol)]
     if cfg.get("output"):
         written.append(write_json(metrics, cfg.output, protocol))
@@ -186,15 +182,10 @@ def run_config(cfg: DictConfig, protocol: str) -> dict[str, Any]:
     }
 
 
-def log_wandb_media(
-    trainer: L.Trainer, module: SegModule, test_set: PetTrimaps, confmat: torch.Tensor | None
-) -> None:
-    """To W&B: `test/confusion_table` and `test/confusion` for `confmat` (the full-size one),
-    and `test/predictions`, OVERLAY_IMAGES test images (spread over breeds) as the network saw
-    them, with their true and predicted masks; predicted by `trainer` (its device, precision and
-    the TTA when on)."""
-    if confmat is not None:
-        report_confusion(trainer, confmat, module.class_names, CONFUSION_NAME)
+def log_wandb_predictions(trainer: L.Trainer, module: SegModule, test_set: PetTrimaps) -> None:
+    """To W&B, `test/predictions`: OVERLAY_IMAGES test images (spread over breeds) as the network
+    saw them, with their true and predicted masks; predicted by `trainer` (its device, precision
+    and the TTA when on). The confusion matrix went with the test scores (confusion.py)."""
     indices = spread_over_breeds(test_set.names, OVERLAY_IMAGES)
     items = [test_set[i] for i in indices]
     loader = DataLoader(items, batch_size=len(items))

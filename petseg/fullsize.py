@@ -9,7 +9,6 @@ differ, so logits are resized one image at a time (memory stays one full-size im
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from petseg.confusion import save_confusion
+from petseg.confusion import report_confusion
 from petseg.data.oxford import PetTrimaps, load_trimap
 from petseg.losses import soft_iou
 from petseg.metrics import SOFT_IOU_SMOOTH, argmax_classes, scores_from_confmat
@@ -113,7 +112,4 @@ class FullSizeScorer(L.LightningModule):
         scores["soft_iou"] = self.soft_iou.compute()
         scores["loss"] = self.loss.compute()
         self.log_dict({f"test/{k}": v for k, v in scores.items()})
-        trainer = self.trainer
-        if trainer.is_global_zero:
-            folder = Path(trainer.default_root_dir) / "confusion"
-            save_confusion(cm, self.class_names, folder, CONFUSION_NAME)
+        report_confusion(self.trainer, cm, self.class_names, CONFUSION_NAME)
