@@ -121,11 +121,13 @@ def score(cfg: DictConfig) -> dict[str, float]:
             "data.border"
         )
     datamodule.check_source()
-    name_wandb_run(cfg, resolution, tta.active)
+    run_dir, run_status = training_run(cfg.ckpt_path)  # the training run it came from
+    name_wandb_run(cfg, resolution, tta.active, run_status)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, logger=loggers or False, enable_checkpointing=False)
+    config = run_config(cfg, protocol, run_dir, run_status)
     for logger in trainer.loggers:
-        logger.log_hyperparams(run_config(cfg, protocol))
+        logger.log_hyperparams(config)
     if resolution == "train":
         trainer.test(module, datamodule=datamodule, verbose=False)
     else:
@@ -145,7 +147,9 @@ def score(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def name_wandb_run(cfg: DictConfig, resolution: str, tta: bool) -> None:
+def name_wandb_run(
+    cfg: DictConfig, resolution: str, tta: bool, train_status: dict[str, Any]
+) -> None:
     """`logger.wandb` for an evaluation (WANDB_MODE first): job_type `evaluate`, name
     `evaluate-<training W&B id>`, the training run's W&B group when its status.json records one,
     tags `evaluate`, `resolution:<r>` (and `tta`); no checkpoint artifacts. Fills only what the
@@ -153,8 +157,7 @@ def name_wandb_run(cfg: DictConfig, resolution: str, tta: bool) -> None:
     apply_wandb_env(cfg)
     if not has_wandb(cfg):
         return
-    _, status = training_run(cfg.ckpt_path)
-    train_id, group = status.get("wandb_id"), status.get("wandb_group")
+    train_id, group = train_status.get("wandb_id"), train_status.get("wandb_group")
     wandb_cfg = cfg.logger.wandb
     with open_dict(cfg):
         if not wandb_cfg.get("job_type"):
@@ -168,17 +171,18 @@ def name_wandb_run(cfg: DictConfig, resolution: str, tta: bool) -> None:
         wandb_cfg.log_model = False  # an evaluation saves no checkpoint
 
 
-def run_config(cfg: DictConfig, protocol: str) -> dict[str, Any]:
+def run_config(
+    cfg: DictConfig, protocol: str, train_dir: Path | None, train_status: dict[str, Any]
+) -> dict[str, Any]:
     """What every logger records of an evaluation: the composed config, the protocol, and the
     training run scored (`train_run_id`: its W&B id, None when it logged none)."""
-    folder, status = training_run(cfg.ckpt_path)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     return {
         **config,
         "protocol": protocol,
-        "train_run_id": status.get("wandb_id") or None,
-        "train_run_dir": str(folder) if folder else None,
+        "train_run_id": train_status.get("wandb_id") or None,
+        "train_run_dir": str(train_dir) if train_dir else None,
     }
 
 
