@@ -42,7 +42,7 @@ from petseg.run_status import (
     read_status,
     remove_stale_temp_files,
 )
-from petseg.wandb_run import apply_wandb_env, finish_wandb, wandb_status_fields
+from petseg.wandb_run import apply_wandb_env, finish_wandb, has_wandb, wandb_status_fields
 
 log = logging.getLogger("petseg.train")
 
@@ -93,7 +93,7 @@ def name_wandb_run(cfg: DictConfig) -> None:
 
     Fills only what the user left empty, so `logger.wandb.name=...` still wins.
     """
-    if not cfg.get("logger") or "wandb" not in cfg.logger:
+    if not has_wandb(cfg):
         return
     hc = hydra_runtime()
     choices = hydra_choices()
@@ -184,7 +184,7 @@ def resolve_resume(cfg: DictConfig) -> None:
     remove_stale_temp_files(folder)
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
-        if status.get("wandb_id") and cfg.get("logger") and "wandb" in cfg.logger:
+        if status.get("wandb_id") and has_wandb(cfg):
             cfg.logger.wandb.id = status["wandb_id"]
     log.info("Resuming from %s (W&B run %s)", path, status.get("wandb_id") or "new")
 
