@@ -32,7 +32,7 @@ from petseg.metrics import argmax_classes
 from petseg.module import SegModule
 from petseg.photo import read_photo
 from petseg.tta import apply_tta, tta_options
-from petseg.visualize import blend, class_colour, legend_box
+from petseg.visualize import blend, class_colour, class_masks, legend_box
 
 log = logging.getLogger("petseg.predict")
 
@@ -134,9 +134,7 @@ def overlay(
     """The image with pet and border pixels blended in their class colour at alpha; background
     as is."""
     rgb = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).permute(2, 0, 1)  # (3, H, W)
-    classes = torch.from_numpy(np.require(labels, requirements=["C", "W"]))
-    masks = torch.stack([classes == label for label in tinted(num_classes)])  # (K, H, W)
-    colours = [class_colour(label) for label in tinted(num_classes)]
+    masks, colours = class_masks(labels, tinted(num_classes))
     return blend(rgb, masks, colours, alpha).permute(1, 2, 0).numpy()
 
 

@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -33,6 +33,7 @@ from petseg.media import log_to_wandb, wandb_loggers
 from petseg.metrics import argmax_classes
 
 Colour = tuple[int, int, int]  # RGB
+Labels = TypeVar("Labels", np.ndarray, torch.Tensor)
 
 # Okabe-Ito colours (colour-blind safe); class i gets PALETTE[i % len(PALETTE)].
 PALETTE = [
@@ -68,10 +69,16 @@ def colorize(mask: np.ndarray, num_classes: int = len(PALETTE)) -> torch.Tensor:
     if not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"a mask holds integer labels, got dtype {mask.dtype}")
     grey = torch.tensor(IGNORED, dtype=torch.uint8).view(3, 1, 1).expand(3, *mask.shape)
-    labels = torch.from_numpy(np.ascontiguousarray(mask))
-    classes = labels[None] == torch.arange(num_classes).view(-1, 1, 1)  # (C, H, W) one-hot
-    colours = [class_colour(label) for label in range(num_classes)]
+    classes, colours = class_masks(mask, range(num_classes))
     return draw_segmentation_masks(grey, classes, alpha=1.0, colors=colours)
+
+
+def class_masks(labels: np.ndarray, classes: Sequence[int]) -> tuple[torch.Tensor, list[Colour]]:
+    """One bool mask (K, H, W) per label in `classes` and their colours, for
+    draw_segmentation_masks and blend."""
+    tensor = torch.from_numpy(np.require(labels, requirements=["C", "W"]))
+    masks = tensor[None] == torch.tensor(list(classes)).view(-1, 1, 1)
+    return masks, [class_colour(label) for label in classes]
 
 
 def blend(
@@ -88,9 +95,7 @@ def blend(
 
 def overlay_tile(rgb: torch.Tensor, pred: np.ndarray, num_classes: int) -> torch.Tensor:
     """The prediction's class colours blended over the uint8 (3, H, W) image."""
-    labels = torch.from_numpy(np.ascontiguousarray(pred))
-    classes = labels[None] == torch.arange(num_classes).view(-1, 1, 1)  # (C, H, W) one-hot
-    colours = [class_colour(label) for label in range(num_classes)]
+    classes, colours = class_masks(pred, range(num_classes))
     return blend(rgb, classes, colours, OVERLAY_ALPHA)
 
 
@@ -105,7 +110,7 @@ def error_tile(
     return draw_segmentation_masks(grey, wrong, alpha=1.0, colors=[ERROR])
 
 
-def is_class(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def is_class(labels: Labels, num_classes: int) -> Labels:
     """True where a label is a class, False where it is ignored (outside [0, num_classes))."""
     return (labels >= 0) & (labels < num_classes)
 
@@ -166,7 +171,7 @@ def prediction_grid(
     # Text: torchvision writes labels only on boxes, so PIL writes the heads and the legend.
     font = ImageFont.load_default(size=11)
     entries = [(name, class_colour(label)) for label, name in enumerate(class_names)]
-    if any(((m < 0) | (m >= num_classes)).any() for m in map(np.asarray, masks)):
+    if not all(is_class(np.asarray(m), num_classes).all() for m in masks):
         entries.append(("ignored", IGNORED))
     legend = legend_lines([*entries, ("error", ERROR)], font, body.width)
     top = LINE * (2 if title else 1)
@@ -386,7 +391,7 @@ def wandb_overlays(
     labels = dict(enumerate(class_names))
 
     def layer(mask: np.ndarray) -> dict[str, Any]:
-        valid = (mask >= 0) & (mask < len(class_names))
+        valid = is_class(mask, len(class_names))
         data = np.where(valid, mask, WANDB_IGNORED).astype(np.uint8)
         layer_labels = labels if valid.all() else {**labels, WANDB_IGNORED: "ignored"}
         return {"mask_data": data, "class_labels": layer_labels}
